@@ -1,0 +1,70 @@
+"""Core attention functions on (batch, heads, tokens, head_dim) tensors, registered by name.
+
+Every backend is called the same way::
+
+    out = BACKENDS["naive"](q, k, v, causal=True, scale=None)  # q (b, h, t_q, d), k/v (b, h, t_k, d)
+
+and follows one causal convention (bottom-right alignment, zeros for rows that see no key), documented
+in :mod:`attnlab.backends.common`. The multi-head modules in :mod:`attnlab.implementations` own the
+projections and hand the core to one of these.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .common import causal_mask
+from .flex import flex_attention_backend
+from .naive import naive_attention
+from .sdpa import sdpa_attention, sdpa_mask_attention
+
+__all__ = ["BACKENDS", "Backend", "causal_mask"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered attention core: the function plus what it can do and whether it runs here."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    summary: str
+    supports_dropout: bool = True
+    no_backward_on: tuple[str, ...] = ()  # device types without a backward pass
+    requires: tuple[str, ...] = ()  # modules that must be importable
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = True,
+        scale: float | None = None,
+        dropout_p: float = 0.0,
+    ) -> torch.Tensor:
+        return self.fn(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run on this machine, or None when it can."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        return f"needs the missing package(s): {', '.join(missing)}" if missing else None
+
+
+BACKENDS: dict[str, Backend] = {
+    "naive": Backend("naive", naive_attention, "matmul, mask, softmax, matmul (the readable reference)"),
+    "sdpa": Backend("sdpa", sdpa_attention, "F.scaled_dot_product_attention with is_causal (fused kernels)"),
+    "sdpa_mask": Backend(
+        "sdpa_mask", sdpa_mask_attention, "F.scaled_dot_product_attention with an explicit boolean mask"
+    ),
+    "flex": Backend(
+        "flex",
+        flex_attention_backend,
+        "compiled FlexAttention with a causal block mask",
+        supports_dropout=False,
+        no_backward_on=("cpu",),
+    ),
+}

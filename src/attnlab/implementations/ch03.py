@@ -1,0 +1,66 @@
+"""``ch03``: the chapter's :class:`~attnlab.chapter3.MultiHeadAttention` (weight split, batched matmuls)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..chapter3 import MultiHeadAttention
+from ..weights import AttentionWeights
+from .base import MultiHeadAttentionBase, copy_into
+
+__all__ = ["Ch03Attention"]
+
+
+class Ch03Attention(MultiHeadAttentionBase):
+    """The book's class itself, behind the common interface: three q/k/v linears split into heads."""
+
+    def __init__(
+        self,
+        *,
+        d_in: int,
+        d_out: int,
+        num_heads: int,
+        context_length: int,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+    ) -> None:
+        super().__init__(
+            d_in=d_in,
+            d_out=d_out,
+            num_heads=num_heads,
+            context_length=context_length,
+            dropout=dropout,
+            qkv_bias=qkv_bias,
+        )
+        self.mha = MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mha(x)  # (b, t, d_out)
+
+    def set_weights(self, weights: AttentionWeights) -> None:
+        self.check_weights(weights)
+        copy_into(self.mha.W_query.weight, weights.W_query)
+        copy_into(self.mha.W_key.weight, weights.W_key)
+        copy_into(self.mha.W_value.weight, weights.W_value)
+        if self.qkv_bias:
+            copy_into(self.mha.W_query.bias, weights.b_query)
+            copy_into(self.mha.W_key.bias, weights.b_key)
+            copy_into(self.mha.W_value.bias, weights.b_value)
+        copy_into(self.mha.out_proj.weight, weights.W_out)
+        copy_into(self.mha.out_proj.bias, weights.b_out)
+
+    def _export(self, pick: Callable[[nn.Parameter], torch.Tensor]) -> AttentionWeights:
+        mha = self.mha
+        return AttentionWeights(
+            W_query=pick(mha.W_query.weight),
+            W_key=pick(mha.W_key.weight),
+            W_value=pick(mha.W_value.weight),
+            W_out=pick(mha.out_proj.weight),
+            b_out=pick(mha.out_proj.bias),
+            b_query=pick(mha.W_query.bias) if self.qkv_bias else None,
+            b_key=pick(mha.W_key.bias) if self.qkv_bias else None,
+            b_value=pick(mha.W_value.bias) if self.qkv_bias else None,
+        )
