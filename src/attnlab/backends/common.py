@@ -18,14 +18,14 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise ``ValueError`` unless q is (b, h, t_q, d) and k, v are (b, h, t_k, d) with matching b, h, d."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if tensor.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, heads, tokens, head_dim), got shape {tuple(tensor.shape)}")
+            raise ValueError(
+                f"{name} must be 4-D (batch, heads, tokens, head_dim), got shape {tuple(tensor.shape)}"
+            )
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     b, h, _, d = q.shape
     if (k.shape[0], k.shape[1], k.shape[3]) != (b, h, d):
-        raise ValueError(
-            f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head_dim"
-        )
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head_dim")
 
 
 def resolve_scale(q: torch.Tensor, scale: float | None) -> float:

@@ -7,9 +7,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..backends.common import causal_mask
 from ..chapter3 import MultiHeadAttention
 from ..weights import AttentionWeights
 from .base import MultiHeadAttentionBase, copy_into
+from .kv_cache import LayerKVCache
 
 __all__ = ["Ch03Attention"]
 
@@ -39,6 +41,23 @@ class Ch03Attention(MultiHeadAttentionBase):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         return self.mha(x)  # (b, t, d_out)
+
+    def attend_cached(self, x: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
+        """The book's forward pass for new tokens only, against cached keys and values: same layers,
+        same steps, but the mask is aligned to the last rows, as the t new queries come last."""
+        mha = self.mha
+        t = x.shape[1]
+        queries = self.split_heads(mha.W_query(x))  # (b, h, t, hd)
+        keys, values = cache.append(self.split_heads(mha.W_key(x)), self.split_heads(mha.W_value(x)))
+        t_k = keys.shape[2]  # cached tokens + these t, (b, h, t_k, hd)
+
+        attn_scores = queries @ keys.transpose(2, 3)  # (b, h, t, t_k)
+        attn_scores.masked_fill_(~causal_mask(t, t_k, x.device), -torch.inf)
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (b, h, t, t_k)
+        attn_weights = mha.dropout(attn_weights)
+
+        context_vec = self.merge_heads(attn_weights @ values)  # (b, t, d_out)
+        return mha.out_proj(context_vec)  # (b, t, d_out)
 
     def set_weights(self, weights: AttentionWeights) -> None:
         self.check_weights(weights)

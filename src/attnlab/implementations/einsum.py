@@ -11,8 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..backends.common import causal_mask
 from ..weights import AttentionWeights
 from .base import MultiHeadAttentionBase, copy_into
+from .kv_cache import LayerKVCache
 
 __all__ = ["EinsumAttention"]
 
@@ -70,6 +72,24 @@ class EinsumAttention(MultiHeadAttentionBase):
         attn_scores = torch.einsum("bhtd,bhsd->bhts", queries, keys)  # (b, h, t, t)
         attn_scores = attn_scores.masked_fill(self.mask[:t, :t], float("-inf"))
         attn_weights = torch.softmax(attn_scores * self.head_dim**-0.5, dim=-1)  # (b, h, t, t)
+        attn_weights = self.dropout(attn_weights)
+
+        context_vec = torch.einsum("bhts,bhsd->bhtd", attn_weights, values)  # (b, h, t, hd)
+        return self.out_proj(self.merge_heads(context_vec))  # (b, t, d_out)
+
+    def attend_cached(self, x: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
+        """``attend`` for new tokens only: s now runs over the cached keys plus the new ones."""
+        t = x.shape[1]
+        queries = self.split_heads(self._project(x, self.W_query, self.b_query))  # (b, h, t, hd)
+        keys, values = cache.append(
+            self.split_heads(self._project(x, self.W_key, self.b_key)),
+            self.split_heads(self._project(x, self.W_value, self.b_value)),
+        )  # (b, h, s, hd) each, s = cached + t
+
+        attn_scores = torch.einsum("bhtd,bhsd->bhts", queries, keys)  # (b, h, t, s)
+        # The t new queries are the last t of the s positions: mask aligned bottom-right.
+        attn_scores = attn_scores.masked_fill(~causal_mask(t, keys.shape[2], x.device), float("-inf"))
+        attn_weights = torch.softmax(attn_scores * self.head_dim**-0.5, dim=-1)  # (b, h, t, s)
         attn_weights = self.dropout(attn_weights)
 
         context_vec = torch.einsum("bhts,bhsd->bhtd", attn_weights, values)  # (b, h, t, hd)

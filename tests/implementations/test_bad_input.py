@@ -1,0 +1,86 @@
+"""Bad configuration and bad input give a clear ValueError naming the value and the limit."""
+
+import re
+
+import pytest
+import torch
+
+from attnlab import IMPLEMENTATIONS, build
+from attnlab.registry import get_implementation
+
+
+def make(name, **overrides):
+    kwargs = dict(d_in=8, d_out=8, num_heads=2, context_length=6)
+    kwargs.update(overrides)
+    return build(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_d_out_not_divisible_by_heads(name):
+    with pytest.raises(ValueError, match="d_out 10 is not divisible by num_heads 4"):
+        make(name, d_out=10, d_in=10, num_heads=4)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("shape", [(6, 8), (1, 2, 6, 8), (8,)])
+def test_input_must_be_3d(name, shape):
+    with pytest.raises(ValueError, match=re.escape(f"input must be 3-D (batch, tokens, d_in), got shape {shape}")):
+        make(name)(torch.randn(shape))
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_last_dimension_must_be_d_in(name):
+    with pytest.raises(ValueError, match="input last dimension 5 does not match d_in 8"):
+        make(name)(torch.randn(2, 3, 5))
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_sequence_longer_than_context(name):
+    with pytest.raises(ValueError, match="sequence length 7 exceeds context_length 6"):
+        make(name)(torch.randn(2, 7, 8))
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_empty_sequence(name):
+    with pytest.raises(ValueError, match="sequence length 0"):
+        make(name)(torch.randn(2, 0, 8))
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_heads": 0}, "num_heads must be a positive integer, got 0"),
+        ({"d_in": -3}, "d_in must be a positive integer, got -3"),
+        ({"context_length": 0}, "context_length must be a positive integer, got 0"),
+        ({"dropout": 1.0}, "dropout 1.0 must be in [0, 1)"),
+    ],
+)
+def test_invalid_configuration(name, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make(name, **overrides)
+
+
+def test_torch_mha_needs_equal_widths():
+    for name in ("torch_mha", "torch_mha_fast"):
+        with pytest.raises(ValueError, match="needs d_in == d_out, got d_in 6 and d_out 8"):
+            make(name, d_in=6)
+
+
+def test_flex_refuses_dropout_up_front():
+    with pytest.raises(ValueError, match=re.escape("FlexAttention does not support dropout; got dropout=0.1")):
+        make("flex", dropout=0.1)
+
+
+def test_flex_refuses_cpu_backward_with_a_clear_error():
+    module = make("flex")
+    with pytest.raises(NotImplementedError, match="no backward pass on the CPU"):
+        module(torch.randn(1, 4, 8))
+    assert get_implementation("flex").capabilities.unsupported_reason("cpu", "backward") is not None
+    with torch.no_grad():
+        assert module(torch.randn(1, 4, 8)).shape == (1, 4, 8)
+
+
+def test_unknown_implementation_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown attention implementation 'nope'; valid names: wrapper, ch03"):
+        make("nope")
