@@ -13,7 +13,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``attnlab --help`` lists them.
-COMMANDS: tuple[str, ...] = ("check",)
+COMMANDS: tuple[str, ...] = ("check", "tour")
 
 
 def build_parser() -> argparse.ArgumentParser:
