@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from .common import causal_mask, check_qkv
 
@@ -33,6 +32,9 @@ def sdpa_attention(
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
     if t_q < t_k:
         # Every query sees at least one key; the lower-right bias keeps the fused kernels available.
+        # (Imported here: torch.nn.attention.bias pulls in torch._dynamo, seconds of import time.)
+        from torch.nn.attention.bias import causal_lower_right
+
         bias = causal_lower_right(t_q, t_k)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     return sdpa_mask_attention(q, k, v, causal=True, scale=scale, dropout_p=dropout_p)
