@@ -9,6 +9,11 @@ likes, and writes three methods:
 - ``_export(pick)``: return its parameters as ``AttentionWeights``, each passed through ``pick``
   (which returns a parameter's data or its gradient; layout changes are linear, so one mapping serves both).
 
+Optionally, ``attend_cached(x, cache)``: the same computation for new tokens only, against the keys and
+values stored in a :class:`~attnlab.implementations.kv_cache.LayerKVCache` (KV-cache decoding). Writing
+it is what declares the capability: :meth:`MultiHeadAttentionBase.supports_kv_cache` checks for it, so a
+subclass that replaces ``capabilities`` cannot lose it by accident.
+
 The base class validates the configuration at construction and every input in ``forward``, so bad
 input gets a clear ``ValueError`` naming the value and the limit instead of a shape error from deep
 inside PyTorch.
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from ..weights import AttentionWeights
+from .kv_cache import LayerKVCache
 
 __all__ = ["Capabilities", "Mode", "MultiHeadAttentionBase", "copy_into"]
 
@@ -111,6 +117,22 @@ class MultiHeadAttentionBase(nn.Module):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def supports_kv_cache(cls) -> bool:
+        """Whether this implementation has a KV-cache path (it overrides ``attend_cached``)."""
+        return cls.attend_cached is not MultiHeadAttentionBase.attend_cached
+
+    def forward_cached(self, x: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
+        """Attend the new tokens ``x`` (b, t, d_in) to the ``cache.length`` cached ones and to each other
+        (causally), append their keys/values to ``cache``; returns (b, t, d_out). Inference only."""
+        if not self.supports_kv_cache():
+            raise NotImplementedError(f"{type(self).__name__} has no KV-cache path (no attend_cached)")
+        self.check_input(x)
+        return self.attend_cached(x, cache)
+
+    def attend_cached(self, x: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
+        raise NotImplementedError
+
     def set_weights(self, weights: AttentionWeights) -> None:
         raise NotImplementedError
 
@@ -152,7 +174,9 @@ class MultiHeadAttentionBase(nn.Module):
                 f"this module has d_in={self.d_in}, d_out={self.d_out}"
             )
         if weights.qkv_bias != self.qkv_bias:
-            raise ValueError(f"weights have qkv_bias={weights.qkv_bias}; this module has qkv_bias={self.qkv_bias}")
+            raise ValueError(
+                f"weights have qkv_bias={weights.qkv_bias}; this module has qkv_bias={self.qkv_bias}"
+            )
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(b, t, d_out) -> (b, h, t, head_dim)."""

@@ -1,0 +1,150 @@
+"""Model-level benchmark: prefill and decode throughput of the GPT model on each attention implementation.
+
+- **prefill**: one forward pass over a ``(batch, prompt_len)`` prompt (filling a KV cache when the
+  implementation has one): tokens/s = batch * prompt_len / time.
+- **decode**: ``new_tokens`` greedy steps after that prompt: tokens/s = batch * new_tokens / time. With a
+  KV cache each step runs the newest token only; implementations without one recompute the whole
+  sequence each step (``decode_mode="recompute"``), which is what they would have to do.
+
+Every implementation gets the same random weights (timing does not depend on their values), the model
+runs in eval mode with dropout 0, and timing is :func:`attnlab.bench.timing.time_callable` (warm,
+synchronised, median of several samples) after one untimed warm-up call (compilation included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..bench.timing import Timing, time_callable
+from ..registry import get_implementation, unsupported_reason
+from .config import GPTConfig
+from .model import GPTModel
+from .state import export_state, load_state
+
+__all__ = ["ModelBenchRow", "benchmark_model"]
+
+
+@dataclass(frozen=True)
+class ModelBenchRow:
+    """One implementation's prefill and decode throughput (None when skipped)."""
+
+    impl: str
+    status: str  # "ok" or "skipped"
+    decode_mode: str  # "kv-cache" or "recompute"
+    prefill_tokens_per_s: float | None = None
+    decode_tokens_per_s: float | None = None
+    prefill: Timing | None = None  # seconds for the whole prompt
+    decode: Timing | None = None  # seconds for all new_tokens steps
+    note: str = ""
+
+
+def _check_sizes(config: GPTConfig, batch: int, prompt_len: int, new_tokens: int) -> None:
+    for name, value in (("batch", batch), ("prompt_len", prompt_len), ("new_tokens", new_tokens)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if prompt_len + new_tokens > config.context_length:
+        raise ValueError(
+            f"prompt_len {prompt_len} + new_tokens {new_tokens} = {prompt_len + new_tokens} exceeds "
+            f"context_length {config.context_length}"
+        )
+
+
+def _decode_fn(model: GPTModel, prompt: torch.Tensor, new_tokens: int, use_cache: bool) -> Callable[[], None]:
+    """A call that decodes ``new_tokens`` greedy tokens after ``prompt`` (b, t), prefill excluded."""
+    prompt_len = prompt.shape[1]
+    if use_cache:
+        cache = model.new_kv_cache(prompt_len + new_tokens)
+        first_token = model(prompt, cache)[:, -1:].argmax(dim=-1)  # (b, 1)
+
+        def decode() -> None:
+            cache.truncate(prompt_len)  # every call starts from the same prefilled cache
+            token = first_token  # (b, 1)
+            for _ in range(new_tokens):
+                token = model(token, cache)[:, -1:].argmax(dim=-1)  # (b, 1)
+
+        return decode
+
+    def recompute() -> None:
+        sequence = prompt  # (b, t)
+        for _ in range(new_tokens):
+            token = model(sequence)[:, -1:].argmax(dim=-1)  # (b, 1)
+            sequence = torch.cat([sequence, token], dim=1)  # (b, t + 1)
+
+    return recompute
+
+
+def _prefill_fn(model: GPTModel, prompt: torch.Tensor, use_cache: bool) -> Callable[[], None]:
+    cache = model.new_kv_cache(prompt.shape[1]) if use_cache else None
+
+    def prefill() -> None:
+        if cache is not None:
+            cache.truncate(0)
+        model(prompt, cache)
+
+    return prefill
+
+
+@torch.no_grad()
+def benchmark_model(
+    config: GPTConfig,
+    impls: Sequence[str],
+    *,
+    batch: int = 1,
+    prompt_len: int = 128,
+    new_tokens: int = 32,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    min_run_time: float = 0.5,
+    min_samples: int = 3,
+    seed: int = 0,
+    on_progress: Callable[[str], None] | None = None,
+) -> list[ModelBenchRow]:
+    """Prefill and decode tokens/s of ``config``'s model on each of ``impls`` (random weights)."""
+    _check_sizes(config, batch, prompt_len, new_tokens)
+    for name in impls:
+        get_implementation(name)  # unknown names fail before any timing, with the list of valid ones
+    device = torch.device(device)
+    config = replace(config, dropout=0.0)  # eval mode ignores dropout; 0 lets implementations without it run
+    torch.manual_seed(seed)
+    state = export_state(GPTModel(config, attn_impl="fused_qkv"))  # one set of weights for every impl
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=generator).to(device)  # (b, t)
+    report = on_progress or (lambda message: None)
+    rows = []
+    for name in impls:
+        use_cache = get_implementation(name).supports_kv_cache()
+        decode_mode = "kv-cache" if use_cache else "recompute"
+        reason = unsupported_reason(name, device.type, "forward")
+        if reason is not None:
+            rows.append(ModelBenchRow(name, "skipped", decode_mode, note=reason))
+            report(f"{name}: skipped ({reason})")
+            continue
+        model = GPTModel(config, attn_impl=name)
+        load_state(model, state)
+        model = model.to(device=device, dtype=dtype).eval()
+        timings = []
+        for phase, fn in (
+            ("prefill", _prefill_fn(model, prompt, use_cache)),
+            ("decode", _decode_fn(model, prompt, new_tokens, use_cache)),
+        ):
+            report(f"{name}: warming up {phase}")
+            fn()  # warm-up, compilation included
+            report(f"{name}: timing {phase}")
+            timings.append(time_callable(fn, device, min_run_time=min_run_time, min_samples=min_samples))
+        prefill, decode = timings
+        rows.append(
+            ModelBenchRow(
+                name,
+                "ok",
+                decode_mode,
+                prefill_tokens_per_s=batch * prompt_len / prefill.median_s,
+                decode_tokens_per_s=batch * new_tokens / decode.median_s,
+                prefill=prefill,
+                decode=decode,
+            )
+        )
+        del model
+    return rows

@@ -1,0 +1,44 @@
+"""The model-level benchmark's rows (values are timings, so only their form is checked, not speed)."""
+
+import math
+
+import pytest
+
+from attnlab.gpt import GPTConfig
+from attnlab.gpt.bench import benchmark_model
+
+CONFIG = GPTConfig(vocab_size=64, context_length=32, d_model=32, n_layers=1, n_heads=4)  # dropout 0.1
+
+
+def test_rows_for_cached_and_recomputing_implementations():
+    messages = []
+    rows = benchmark_model(
+        CONFIG,
+        ["sdpa", "wrapper"],
+        batch=2,
+        prompt_len=8,
+        new_tokens=3,
+        min_run_time=0.01,
+        min_samples=1,
+        on_progress=messages.append,
+    )
+    assert [(r.impl, r.status, r.decode_mode) for r in rows] == [
+        ("sdpa", "ok", "kv-cache"),
+        ("wrapper", "ok", "recompute"),
+    ]
+    for row in rows:
+        assert math.isfinite(row.prefill_tokens_per_s) and row.prefill_tokens_per_s > 0
+        assert math.isfinite(row.decode_tokens_per_s) and row.decode_tokens_per_s > 0
+        # tokens/s is defined from the median: batch * tokens / seconds
+        assert row.decode_tokens_per_s == pytest.approx(2 * 3 / row.decode.median_s)
+        assert row.prefill_tokens_per_s == pytest.approx(2 * 8 / row.prefill.median_s)
+    assert "wrapper: timing decode" in messages
+
+
+def test_bad_sizes_and_names_fail_before_timing():
+    with pytest.raises(ValueError, match="prompt_len 30 \\+ new_tokens 3 = 33 exceeds context_length 32"):
+        benchmark_model(CONFIG, ["sdpa"], prompt_len=30, new_tokens=3)
+    with pytest.raises(ValueError, match="unknown attention implementation 'nope'"):
+        benchmark_model(CONFIG, ["sdpa", "nope"], prompt_len=8, new_tokens=2)
+    with pytest.raises(ValueError, match="batch must be a positive integer"):
+        benchmark_model(CONFIG, ["sdpa"], batch=0, prompt_len=8, new_tokens=2)
