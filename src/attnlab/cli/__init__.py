@@ -13,7 +13,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``attnlab --help`` lists them.
-COMMANDS: tuple[str, ...] = ("check", "tour")
+COMMANDS: tuple[str, ...] = ("check", "tour", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:
