@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from .common import causal_mask
+from .flash_torch import flash_torch_attention
+from .flash_triton import flash_triton_attention
 from .flex import flex_attention_backend
 from .naive import naive_attention
 from .sdpa import sdpa_attention, sdpa_mask_attention
@@ -66,5 +68,18 @@ BACKENDS: dict[str, Backend] = {
         "compiled FlexAttention with a causal block mask",
         supports_dropout=False,
         no_backward_on=("cpu",),
+    ),
+    "flash_torch": Backend(
+        "flash_torch",
+        flash_torch_attention,
+        "FlashAttention-2 in plain PyTorch: tiled online softmax, recomputing backward",
+        supports_dropout=False,
+    ),
+    "flash_triton": Backend(
+        "flash_triton",
+        flash_triton_attention,
+        "FlashAttention-2 Triton kernels (CUDA; the CPU only under TRITON_INTERPRET=1)",
+        supports_dropout=False,
+        requires=("triton",),
     ),
 }

@@ -13,6 +13,8 @@ from __future__ import annotations
 from .base import Capabilities, MultiHeadAttentionBase
 from .ch03 import Ch03Attention
 from .einsum import EinsumAttention
+from .flash_torch import FlashTorchAttention
+from .flash_triton import FlashTritonAttention
 from .flex import FlexAttention
 from .fused_qkv import FusedQKVAttention
 from .sdpa import SDPAAttention
@@ -32,4 +34,6 @@ IMPLEMENTATIONS: dict[str, type[MultiHeadAttentionBase]] = {
     "torch_mha": TorchMHAAttention,
     "torch_mha_fast": TorchMHAFastAttention,
     "flex": FlexAttention,
+    "flash_torch": FlashTorchAttention,
+    "flash_triton": FlashTritonAttention,
 }
