@@ -13,7 +13,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``attnlab --help`` lists them.
-COMMANDS: tuple[str, ...] = ("check", "tour", "generate")
+COMMANDS: tuple[str, ...] = ("check", "tour", "generate", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,138 @@
+"""Benchmark results for people and programs: a rich table, ``results.json``, ``results.csv`` and plots.
+
+``results.json`` is ``{"header": {...}, "rows": [...]}`` (fields of :class:`~attnlab.bench.results.BenchHeader`
+and :class:`~attnlab.bench.results.BenchRow`); ``results.csv`` has the same rows, one per line.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from .results import BenchResult, BenchRow
+
+__all__ = ["WrittenFiles", "format_bytes", "results_notes", "results_table", "write_csv", "write_json", "write_results"]
+
+_STATUS_STYLE = {"ok": "green", "failed": "bold red", "oom": "red", "error": "red"}
+
+
+def format_bytes(num_bytes: float | None) -> str:
+    """``1536 -> '1.5 KiB'``; ``None -> '—'``."""
+    if num_bytes is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(num_bytes) < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def results_table(result: BenchResult) -> Table:
+    """One line per row: time, spread, FLOP rate, share of peak, memory, error, status, speed-up."""
+    header = result.header
+    config = header.config
+    sweep_key = result.sweep_key
+    sizes = ", ".join(
+        f"{name} {config[name]}" for name in ("batch", "seq_len", "d_model", "num_heads") if name != sweep_key
+    )
+    load = "" if header.load_average is None else f"; system load {header.load_average[0]:.1f} (1 min)"
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"attnlab bench: {header.device_name}, {header.dtype}, {sizes}, {header.num_threads} threads",
+        caption=(
+            f"peak {header.peak_gflops:.1f} GFLOP/s ({header.peak_method}); spread = interquartile range; "
+            f"memory: {header.memory_method}; speed-up vs the slowest ok row of the same mode and size{load}"
+        ),
+    )
+    columns = ["implementation", "mode"]
+    if sweep_key is not None:
+        columns.append(sweep_key)
+    columns += ["median ms", "IQR ms", "GFLOP/s", "% peak", "peak mem", "max err", "status", "speed-up"]
+    if config.get("compile"):
+        columns.append("compile s")
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("implementation", "mode", "status") else "right")
+    for row in result.rows:
+        table.add_row(*_cells(row, sweep_key, bool(config.get("compile"))))
+    return table
+
+
+def _cells(row: BenchRow, sweep_key: str | None, compile_column: bool) -> list[str]:
+    cells = [row.label, row.mode]
+    if sweep_key is not None:
+        cells.append(str(getattr(row, sweep_key)))
+    style = _STATUS_STYLE.get(row.status, "yellow")
+    cells += [
+        _fmt(row.median_ms, ".3g"),
+        _fmt(row.iqr_ms, ".2g"),
+        _fmt(row.gflops, ".1f"),
+        _fmt(None if row.peak_fraction is None else 100 * row.peak_fraction, ".1f", "%"),
+        format_bytes(row.peak_mem_bytes),
+        _fmt(row.max_abs_err, ".1e"),
+        f"[{style}]{row.status}[/]",
+        _fmt(row.speedup, ".2f", "x"),
+    ]
+    if compile_column:
+        cells.append(_fmt(row.compile_s, ".1f"))
+    return cells
+
+
+def results_notes(result: BenchResult) -> list[str]:
+    """One line per row with a note (why it was skipped or failed), e.g. ``flex backward: unsupported: ...``."""
+    key = result.sweep_key
+    return [
+        f"{row.label} {row.mode}{'' if key is None else f' ({key} {getattr(row, key)})'}: {row.status}: {row.note}"
+        for row in result.rows
+        if row.note
+    ]
+
+
+def write_json(result: BenchResult, path: Path) -> Path:
+    """``{"header": ..., "rows": [...]}``, indented."""
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return path
+
+
+def write_csv(result: BenchResult, path: Path) -> Path:
+    """Every row, every field of :class:`BenchRow` as a column; empty cells for missing values."""
+    names = [f.name for f in fields(BenchRow)]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for row in result.rows:
+            writer.writerow(asdict(row))
+    return path
+
+
+@dataclass
+class WrittenFiles:
+    """Files written, and the outputs skipped with the reason (e.g. plots without matplotlib)."""
+
+    paths: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def write_results(result: BenchResult, out_dir: Path | str) -> WrittenFiles:
+    """Write ``results.json``, ``results.csv``, ``bench.png`` and, for a sweep, ``sweep.png`` to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = WrittenFiles([write_json(result, out_dir / "results.json"), write_csv(result, out_dir / "results.csv")])
+    if importlib.util.find_spec("matplotlib") is None:
+        written.skipped.append("plots: matplotlib is not installed (pip install 'attnlab[plots]')")
+        return written
+    from .plots import plot_bars, plot_sweep
+
+    written.paths.append(plot_bars(result, out_dir / "bench.png"))
+    if result.sweep_key is not None:
+        written.paths.append(plot_sweep(result, out_dir / "sweep.png"))
+    return written
