@@ -1,0 +1,85 @@
+"""Every registered backend follows attnlab's one causal convention (see attnlab.backends.common).
+
+Query i of t_q sees key j of t_k iff j <= i + (t_k - t_q) (bottom-right alignment); a query that sees no
+key (t_q > t_k) outputs zeros, with finite gradients. The reference below is written from that
+sentence alone, one query row at a time in float64, independent of every backend's masking code.
+
+Exceptions, tested as such: ``flex`` refuses t_q > t_k with a ValueError and has no CPU backward;
+``flash_triton`` runs on the CPU only in Triton's interpreter, so its CPU check lives in
+test_flash_triton.py's interpreter suite and it is checked here on CUDA only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.backends import BACKENDS
+
+PAIRS = [(6, 6), (4, 9), (9, 4), (1, 5), (5, 1)]
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+#: float32 against float64 on rows of at most 9 keys: rounding stays near 1e-7; a shifted mask errs ~1e-1.
+TOL = 1e-5
+
+
+def expected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The convention, row by row: softmax over the keys query i may see, zeros if it sees none."""
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    rows = []
+    for i in range(t_q):
+        visible = [j for j in range(t_k) if not causal or j <= i + t_k - t_q]
+        if not visible:
+            rows.append(torch.zeros_like(q[..., i, :]))
+            continue
+        scores = q[..., i : i + 1, :] @ k[..., visible, :].transpose(-2, -1) / q.shape[-1] ** 0.5  # (b, h, 1, n)
+        rows.append((torch.softmax(scores, dim=-1) @ v[..., visible, :])[..., 0, :])  # (b, h, d)
+    return torch.stack(rows, dim=-2)  # (b, h, t_q, d)
+
+
+def inputs(t_q: int, t_k: int, device: str) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(t_q * 10 + t_k)
+    shapes = [(2, 2, t_q, 16), (2, 2, t_k, 16), (2, 2, t_k, 16), (2, 2, t_q, 16)]  # q, k, v, dout
+    return [torch.randn(*s, generator=gen).to(device) for s in shapes]
+
+
+def check(name: str, t_q: int, t_k: int, causal: bool, device: str, backward: bool = True) -> None:
+    q, k, v, dout = inputs(t_q, t_k, device)
+    ref_leaves = [t.detach().double().cpu().requires_grad_() for t in (q, k, v)]
+    expected = expected_attention(*ref_leaves, causal)
+    leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
+    with torch.set_grad_enabled(backward):
+        out = BACKENDS[name](*leaves, causal=causal)
+    assert out.shape == expected.shape
+    assert (out.detach().double().cpu() - expected.detach()).abs().max().item() <= TOL
+    if causal and t_q > t_k:  # rows that see no key: exactly zero
+        assert torch.equal(out[..., : t_q - t_k, :].detach(), torch.zeros_like(out[..., : t_q - t_k, :]))
+    if backward:
+        grads = torch.autograd.grad(out, leaves, dout)
+        expected_grads = torch.autograd.grad(expected, ref_leaves, dout.double().cpu())
+        for got, want in zip(grads, expected_grads, strict=True):
+            assert torch.isfinite(got).all()
+            assert (got.double().cpu() - want).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("t_q", "t_k"), PAIRS)
+@pytest.mark.parametrize("name", [n for n in BACKENDS if n not in ("flex", "flash_triton")])
+def test_backend_follows_convention(name, t_q, t_k, causal, device):
+    check(name, t_q, t_k, causal, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_flex_bottom_right_and_refusal(device):
+    # One shape only: every new shape costs FlexAttention a compilation of several seconds on the CPU.
+    check("flex", 4, 9, True, device, backward=device == "cuda")
+    q, k, v, _ = inputs(9, 4, device)
+    with pytest.raises(ValueError, match="needs t_q <= t_k for causal attention, got t_q=9 > t_k=4"):
+        BACKENDS["flex"](q, k, v, causal=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: see test_flash_triton.py)")
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("t_q", "t_k"), PAIRS)
+def test_flash_triton_follows_convention_on_cuda(t_q, t_k, causal):
+    check("flash_triton", t_q, t_k, causal, "cuda")
