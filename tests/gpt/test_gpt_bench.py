@@ -5,7 +5,9 @@ import math
 import pytest
 
 from attnlab.gpt import GPTConfig
-from attnlab.gpt.bench import benchmark_model
+from attnlab.gpt.bench import benchmark_model, model_bench_table
+from attnlab.implementations import IMPLEMENTATIONS
+from attnlab.registry import unsupported_reason
 
 CONFIG = GPTConfig(vocab_size=64, context_length=32, d_model=32, n_layers=1, n_heads=4)  # dropout 0.1
 
@@ -20,7 +22,7 @@ def test_rows_for_cached_and_recomputing_implementations():
         new_tokens=3,
         min_run_time=0.01,
         min_samples=1,
-        on_progress=messages.append,
+        on_progress=lambda *message: messages.append(message),
     )
     assert [(r.impl, r.status, r.decode_mode) for r in rows] == [
         ("sdpa", "ok", "kv-cache"),
@@ -32,7 +34,10 @@ def test_rows_for_cached_and_recomputing_implementations():
         # tokens/s is defined from the median: batch * tokens / seconds
         assert row.decode_tokens_per_s == pytest.approx(2 * 3 / row.decode.median_s)
         assert row.prefill_tokens_per_s == pytest.approx(2 * 8 / row.prefill.median_s)
-    assert "wrapper: timing decode" in messages
+    assert messages[0] == (0, 4, "sdpa: prefill (warm-up, then timing)")
+    assert messages[-1] == (4, 4, "done")
+    table = model_bench_table(rows)
+    assert table.row_count == 2 and table.columns[0]._cells == ["sdpa", "wrapper"]
 
 
 def test_bad_sizes_and_names_fail_before_timing():
@@ -42,3 +47,12 @@ def test_bad_sizes_and_names_fail_before_timing():
         benchmark_model(CONFIG, ["sdpa", "nope"], prompt_len=8, new_tokens=2)
     with pytest.raises(ValueError, match="batch must be a positive integer"):
         benchmark_model(CONFIG, ["sdpa"], batch=0, prompt_len=8, new_tokens=2)
+
+
+def test_implementation_that_cannot_run_here_gets_a_skipped_row_with_the_reason():
+    unsupported = [name for name in IMPLEMENTATIONS if unsupported_reason(name, "cpu") is not None]
+    if not unsupported:
+        pytest.skip("every registered implementation runs on this CPU")
+    (row,) = benchmark_model(CONFIG, unsupported[:1], prompt_len=4, new_tokens=1, min_run_time=0.01)
+    assert row.status == "skipped" and row.note == unsupported_reason(unsupported[0], "cpu")
+    assert row.prefill_tokens_per_s is None

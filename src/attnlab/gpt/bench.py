@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
+from rich.table import Table
 
 from ..bench.timing import Timing, time_callable
 from ..registry import get_implementation, unsupported_reason
@@ -24,7 +25,7 @@ from .config import GPTConfig
 from .model import GPTModel
 from .state import export_state, load_state
 
-__all__ = ["ModelBenchRow", "benchmark_model"]
+__all__ = ["ModelBenchRow", "benchmark_model", "model_bench_table"]
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,13 @@ def benchmark_model(
     min_run_time: float = 0.5,
     min_samples: int = 3,
     seed: int = 0,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> list[ModelBenchRow]:
-    """Prefill and decode tokens/s of ``config``'s model on each of ``impls`` (random weights)."""
+    """Prefill and decode tokens/s of ``config``'s model on each of ``impls`` (random weights).
+
+    ``on_progress(done, total, description)`` is called before each of the ``2 * len(impls)`` timings
+    (the signature of :func:`attnlab.bench.run_benchmark`'s callback).
+    """
     _check_sizes(config, batch, prompt_len, new_tokens)
     for name in impls:
         get_implementation(name)  # unknown names fail before any timing, with the list of valid ones
@@ -112,27 +117,29 @@ def benchmark_model(
     state = export_state(GPTModel(config, attn_impl="fused_qkv"))  # one set of weights for every impl
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=generator).to(device)  # (b, t)
-    report = on_progress or (lambda message: None)
+    report = on_progress or (lambda done, total, description: None)
+    total = 2 * len(impls)
     rows = []
-    for name in impls:
+    for index, name in enumerate(impls):
         use_cache = get_implementation(name).supports_kv_cache()
         decode_mode = "kv-cache" if use_cache else "recompute"
         reason = unsupported_reason(name, device.type, "forward")
         if reason is not None:
             rows.append(ModelBenchRow(name, "skipped", decode_mode, note=reason))
-            report(f"{name}: skipped ({reason})")
+            report(2 * index + 2, total, f"{name}: skipped ({reason})")
             continue
         model = GPTModel(config, attn_impl=name)
         load_state(model, state)
         model = model.to(device=device, dtype=dtype).eval()
         timings = []
-        for phase, fn in (
-            ("prefill", _prefill_fn(model, prompt, use_cache)),
-            ("decode", _decode_fn(model, prompt, new_tokens, use_cache)),
+        for phase_index, (phase, fn) in enumerate(
+            (
+                ("prefill", _prefill_fn(model, prompt, use_cache)),
+                ("decode", _decode_fn(model, prompt, new_tokens, use_cache)),
+            )
         ):
-            report(f"{name}: warming up {phase}")
+            report(2 * index + phase_index, total, f"{name}: {phase} (warm-up, then timing)")
             fn()  # warm-up, compilation included
-            report(f"{name}: timing {phase}")
             timings.append(time_callable(fn, device, min_run_time=min_run_time, min_samples=min_samples))
         prefill, decode = timings
         rows.append(
@@ -147,4 +154,25 @@ def benchmark_model(
             )
         )
         del model
+    report(total, total, "done")
     return rows
+
+
+def model_bench_table(rows: Sequence[ModelBenchRow], title: str = "") -> Table:
+    """The rows as a rich table: tokens/s (higher is better) and the median seconds behind them."""
+    table = Table(title=title or None)
+    for column in ("implementation", "decode", "prefill tokens/s", "decode tokens/s", "prefill s", "decode s"):
+        table.add_column(column, justify="left" if column in ("implementation", "decode") else "right")
+    for row in rows:
+        if row.status != "ok":
+            table.add_row(row.impl, row.decode_mode, "—", "—", "—", f"[yellow]skipped: {row.note}[/]")
+            continue
+        table.add_row(
+            row.impl,
+            row.decode_mode,
+            f"{row.prefill_tokens_per_s:,.0f}",
+            f"{row.decode_tokens_per_s:,.1f}",
+            f"{row.prefill.median_s:.4f}",
+            f"{row.decode.median_s:.3f}",
+        )
+    return table
