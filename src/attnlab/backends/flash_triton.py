@@ -52,9 +52,6 @@ def _check_interpreter_active() -> None:
             "TRITON_INTERPRET=1 was set after Triton had been imported, so Triton's own functions are "
             "compiled, not interpreted; set it in the environment before the process imports triton"
         )
-    from ..kernels.interpreter_compat import apply_interpreter_fix
-
-    apply_interpreter_fix()
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -121,7 +118,7 @@ def flash_triton_attention(
         raise ValueError(f"flash_triton has no dropout; got dropout_p={dropout_p}, use 0.0")
     _check_inputs(q, k, v)
     if config is None:
-        config = default_config(q.shape[-1], q.device.type)
+        config = default_config(q.shape[-1], q.device.type, q.dtype)
     elif not isinstance(config, FlashTritonConfig):
         raise ValueError(f"config must be a FlashTritonConfig, got {type(config).__name__}")
     return _FlashAttentionTriton.apply(q, k, v, causal, float(resolve_scale(q, scale)), config)

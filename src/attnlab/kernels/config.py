@@ -1,11 +1,13 @@
 """Block configurations of the FlashAttention kernels, validated, with per-device defaults.
 
-Plain Python (no Triton import), so callers can build and check configurations on any install.
+No Triton import, so callers can build and check configurations on any install.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import torch
 
 __all__ = ["FlashTritonConfig", "KernelConfig", "default_config"]
 
@@ -38,10 +40,37 @@ class KernelConfig:
 class FlashTritonConfig:
     """Launch shapes of the three kernels: forward, backward dq, backward dk/dv."""
 
-    fwd: KernelConfig = field(default_factory=lambda: KernelConfig(128, 64, num_warps=4, num_stages=3))
-    dq: KernelConfig = field(default_factory=lambda: KernelConfig(64, 64, num_warps=4, num_stages=3))
-    dkdv: KernelConfig = field(default_factory=lambda: KernelConfig(64, 128, num_warps=8, num_stages=2))
+    fwd: KernelConfig
+    dq: KernelConfig
+    dkdv: KernelConfig
 
+
+#: Per head-dim defaults for CUDA, chosen among configurations that compile for sm_90 without register
+#: spills (``cuobjdump --dump-resource-usage``, see docs/flash-notes.md), then by H100 timings.
+CUDA_CONFIGS = {
+    64: FlashTritonConfig(
+        fwd=KernelConfig(128, 64, num_warps=4, num_stages=3),
+        dq=KernelConfig(128, 64, num_warps=8, num_stages=2),
+        dkdv=KernelConfig(64, 128, num_warps=8, num_stages=2),
+    ),
+    128: FlashTritonConfig(
+        fwd=KernelConfig(128, 64, num_warps=8, num_stages=3),
+        dq=KernelConfig(128, 64, num_warps=8, num_stages=2),
+        dkdv=KernelConfig(64, 64, num_warps=8, num_stages=2),
+    ),
+    256: FlashTritonConfig(
+        fwd=KernelConfig(64, 32, num_warps=4, num_stages=2),
+        dq=KernelConfig(64, 32, num_warps=4, num_stages=2),
+        dkdv=KernelConfig(32, 32, num_warps=4, num_stages=2),
+    ),
+}
+
+#: float32 products run on the CUDA cores ("ieee" precision), whose operands live in registers: only
+#: small tiles compile without spilling (measured the same way). float32 is the exact path, not the fast one.
+FLOAT32_CONFIGS = {
+    64: FlashTritonConfig(*(KernelConfig(32, 32, num_warps=8, num_stages=2) for _ in range(3))),
+    256: FlashTritonConfig(*(KernelConfig(16, 16, num_warps=4, num_stages=2) for _ in range(3))),
+}
 
 #: Triton's CPU interpreter runs each program as NumPy calls: few, larger tiles are cheaper than many.
 INTERPRETER_CONFIG = FlashTritonConfig(
@@ -51,10 +80,10 @@ INTERPRETER_CONFIG = FlashTritonConfig(
 )
 
 
-def default_config(head_dim: int, device_type: str) -> FlashTritonConfig:
-    """The configuration used when none is given: tuned on an H100 for CUDA, small tiles for the interpreter."""
+def default_config(head_dim: int, device_type: str, dtype: torch.dtype = torch.bfloat16) -> FlashTritonConfig:
+    """The configuration used when none is given: per head dim and dtype on CUDA, small tiles in the interpreter."""
     if device_type != "cuda":
         return INTERPRETER_CONFIG
-    if head_dim <= 64:
-        return FlashTritonConfig()
-    return FlashTritonConfig(fwd=KernelConfig(128, 64, num_warps=8, num_stages=3))
+    table = FLOAT32_CONFIGS if dtype == torch.float32 else CUDA_CONFIGS
+    padded = next(size for size in sorted(table) if head_dim <= size)  # head_dim <= 256 is checked
+    return table[padded]

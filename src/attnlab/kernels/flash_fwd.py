@@ -38,8 +38,12 @@ def flash_fwd_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)
+    start_m = tl.program_id(1) * BLOCK_M
+    if CAUSAL:
+        # Heaviest (last) query blocks first: the grid runs program_id(1) = 0 of every head first, and a
+        # long block launched last would otherwise run alone at the end.
+        start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
     off_b = (off_bh // num_heads).to(tl.int64)
     off_h = (off_bh % num_heads).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows

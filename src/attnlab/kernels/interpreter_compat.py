@@ -18,6 +18,8 @@ def _needs_fix() -> bool:
     import numpy as np
     import triton
 
+    if not triton.knobs.runtime.interpret:
+        return False
     numpy_version = tuple(int(part) for part in np.__version__.split(".")[:2])
     triton_version = tuple(int(part) for part in triton.__version__.split(".")[:2])
     return numpy_version >= (2, 4) and triton_version <= (3, 6)

@@ -1,7 +1,8 @@
 """Launching the FlashAttention kernels: grids, strides, dtypes and block configurations.
 
 Inputs may have any strides (a (b, t, h, d) buffer viewed as (b, h, t, d) needs no copy); outputs are
-allocated here. Importing this module imports Triton.
+allocated here. Importing this module imports Triton (and, in interpreter mode, applies
+:mod:`.interpreter_compat`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import triton
 from .config import KernelConfig
 from .flash_bwd import flash_bwd_dkdv_kernel, flash_bwd_dq_kernel
 from .flash_fwd import flash_fwd_kernel
+from .interpreter_compat import apply_interpreter_fix
 
-__all__ = ["launch_backward", "launch_forward"]
+__all__ = ["launch_backward", "launch_backward_dkdv", "launch_backward_dq", "launch_forward"]
 
 LOG2E = 1.4426950408889634
+
+apply_interpreter_fix()  # only under TRITON_INTERPRET=1 with NumPy >= 2.4 and Triton <= 3.6
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -39,14 +43,11 @@ def launch_forward(
     t_k = k.shape[2]
     out = torch.empty(b, h, t_q, head_dim, dtype=q.dtype, device=q.device)  # (b, h, t_q, d)
     lse = torch.empty(b, h, t_q, dtype=torch.float32, device=q.device)  # (b, h, t_q)
-    grid = (triton.cdiv(t_q, config.block_m), b * h)
-    flash_fwd_kernel[grid](
+    flash_fwd_kernel[(b * h, triton.cdiv(t_q, config.block_m))](
         q, k, v, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         h, t_q, t_k, scale * LOG2E,
-        CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        **_constexprs(q, causal, config),
     )  # fmt: skip
     return out, lse
 
@@ -64,23 +65,68 @@ def launch_backward(
     dkdv_config: KernelConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the dq kernel (which also writes ``delta``), then the dk/dv kernel that reads it."""
-    b, h, t_q, head_dim = q.shape
-    t_k = k.shape[2]
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    delta = torch.empty(b, h, t_q, dtype=torch.float32, device=q.device)  # (b, h, t_q) = rowsum(dO * O)
-    common = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=_dot_precision(q.dtype))
-    flash_bwd_dq_kernel[(triton.cdiv(t_q, dq_config.block_m), b * h)](
+    dq, delta = launch_backward_dq(dout, q, k, v, out, lse, causal, scale, dq_config)
+    dk, dv = launch_backward_dkdv(dout, q, k, v, lse, delta, causal, scale, dkdv_config)
+    return dq, dk, dv
+
+
+def _constexprs(q: torch.Tensor, causal: bool, config: KernelConfig) -> dict:
+    head_dim = q.shape[-1]
+    return dict(
+        CAUSAL=causal,
+        HEAD_DIM=head_dim,
+        BLOCK_D=_block_d(head_dim),
+        DOT_PRECISION=_dot_precision(q.dtype),
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+
+
+def launch_backward_dq(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    scale: float,
+    config: KernelConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dq kernel: ``(dq, delta)`` with delta (b, h, t_q) = rowsum(dO * O) in float32."""
+    b, h, t_q, _ = q.shape
+    dq = torch.empty_like(q)  # (b, h, t_q, d)
+    delta = torch.empty(b, h, t_q, dtype=torch.float32, device=q.device)  # (b, h, t_q)
+    flash_bwd_dq_kernel[(b * h, triton.cdiv(t_q, config.block_m))](
         q, k, v, out, dout, dq, lse, delta,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(dq),
-        h, t_q, t_k, scale,
-        BLOCK_M=dq_config.block_m, BLOCK_N=dq_config.block_n,
-        num_warps=dq_config.num_warps, num_stages=dq_config.num_stages, **common,
+        h, t_q, k.shape[2], scale,
+        **_constexprs(q, causal, config),
     )  # fmt: skip
-    flash_bwd_dkdv_kernel[(triton.cdiv(t_k, dkdv_config.block_n), b * h)](
+    return dq, delta
+
+
+def launch_backward_dkdv(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    causal: bool,
+    scale: float,
+    config: KernelConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dk/dv kernel: ``(dk, dv)``; needs the ``delta`` written by :func:`launch_backward_dq`."""
+    b, h, t_q, _ = q.shape
+    t_k = k.shape[2]
+    dk, dv = torch.empty_like(k), torch.empty_like(v)  # (b, h, t_k, d) each
+    flash_bwd_dkdv_kernel[(b * h, triton.cdiv(t_k, config.block_n))](
         q, k, v, dout, dk, dv, lse, delta,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
         h, t_q, t_k, scale,
-        BLOCK_M=dkdv_config.block_m, BLOCK_N=dkdv_config.block_n,
-        num_warps=dkdv_config.num_warps, num_stages=dkdv_config.num_stages, **common,
+        **_constexprs(q, causal, config),
     )  # fmt: skip
-    return dq, dk, dv
+    return dk, dv
