@@ -49,14 +49,14 @@ class FlashTritonConfig:
 #: spills (``cuobjdump --dump-resource-usage``, see docs/flash-notes.md), then by H100 timings.
 CUDA_CONFIGS = {
     64: FlashTritonConfig(
-        fwd=KernelConfig(128, 64, num_warps=4, num_stages=3),
-        dq=KernelConfig(128, 64, num_warps=8, num_stages=2),
-        dkdv=KernelConfig(64, 128, num_warps=8, num_stages=2),
+        fwd=KernelConfig(128, 64, num_warps=8, num_stages=3),
+        dq=KernelConfig(128, 64, num_warps=8, num_stages=3),
+        dkdv=KernelConfig(32, 64, num_warps=4, num_stages=3),
     ),
     128: FlashTritonConfig(
         fwd=KernelConfig(128, 64, num_warps=8, num_stages=3),
-        dq=KernelConfig(128, 64, num_warps=8, num_stages=2),
-        dkdv=KernelConfig(64, 64, num_warps=8, num_stages=2),
+        dq=KernelConfig(128, 64, num_warps=8, num_stages=3),
+        dkdv=KernelConfig(32, 128, num_warps=8, num_stages=3),
     ),
     256: FlashTritonConfig(
         fwd=KernelConfig(64, 32, num_warps=4, num_stages=2),
