@@ -33,7 +33,13 @@ def test_sweep_run_writes_all_files(tmp_path, capsys):
         ["bench", "--impl", "sdpa,flex", "--mode", "backward", "--sweep", "seq=8,16", *TINY_ARGS, "--out", str(out)]
     )
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["bench.png", "results.csv", "results.json", "sweep.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bench.png",
+        "results.csv",
+        "results.json",
+        "results.md",
+        "sweep.png",
+    ]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["impl"], r["seq_len"], r["status"]) for r in rows] == [
         ("sdpa", 8, "ok"),

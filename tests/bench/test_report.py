@@ -31,7 +31,7 @@ HEADER_FIELDS = {"torch_version", "device_name", "num_threads", "peak_gflops", "
 def test_write_results_produces_json_csv_and_plot(tiny_result, tmp_path):
     written = write_results(tiny_result, tmp_path / "out")
     names = sorted(path.name for path in written.paths)
-    assert names == ["bench.png", "results.csv", "results.json"]  # no sweep, no sweep.png
+    assert names == ["bench.png", "results.csv", "results.json", "results.md"]  # no sweep, no sweep.png
     assert written.skipped == []
 
     data = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -41,6 +41,10 @@ def test_write_results_produces_json_csv_and_plot(tiny_result, tmp_path):
     for row in data["rows"]:
         assert ROW_FIELDS <= set(row)
         assert row["status"] == "ok" and row["median_ms"] > 0 and row["peak_fraction"] > 0
+
+    markdown = (tmp_path / "out" / "results.md").read_text().splitlines()
+    assert markdown[0].startswith("| implementation | mode | median ms |")
+    assert [line.split(" | ")[:2] for line in markdown[2:6]] == [["| " + r["impl"], r["mode"]] for r in data["rows"]]
 
     with (tmp_path / "out" / "results.csv").open() as handle:
         csv_rows = list(csv.DictReader(handle))

@@ -145,3 +145,11 @@ def test_rank_rows_ignores_rows_that_were_not_timed(tiny_result):
     assert rows[0].speedup is None
     assert rows[1].speedup == pytest.approx(1.0)
     assert math.isfinite(rows[1].median_ms)
+
+
+def test_compile_adds_a_compiled_row_with_its_compile_time():
+    rows = _run(("sdpa",), modes=("forward",), compile=True)
+    assert [(r.label, r.status) for r in rows] == [("sdpa", "ok"), ("sdpa (compiled)", "ok")]
+    assert rows[0].compile_s is None
+    assert rows[1].compile_s >= 0  # reported apart: the compiled row's median excludes it
+    assert rows[1].max_abs_err < 1e-5  # the compiled module computes the same function (float32, see above)

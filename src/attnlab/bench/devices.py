@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["describe_device", "resolve_device", "resolve_dtype", "synchronize"]
+__all__ = ["describe_device", "is_out_of_memory", "resolve_device", "resolve_dtype", "synchronize"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,3 +70,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` means the device ran out of memory (CUDA/MPS OOM, or the CPU allocator's)."""
+    # The CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: not enough memory ...").
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "not enough memory" in str(error)

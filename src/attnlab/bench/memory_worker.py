@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from attnlab.bench.devices import is_out_of_memory
+
 __all__ = ["main"]
 
 _STATUS = Path("/proc/self/status")
@@ -54,12 +56,6 @@ def _reset_peak_rss() -> bool:
 def _maxrss_bytes() -> int:
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, kB elsewhere
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "not enough memory" in str(error)
 
 
 def measure(make_step: Any, pinned: bool) -> dict[str, Any]:
@@ -102,7 +98,7 @@ def main() -> None:
             reply = {
                 "status": "error",
                 "message": f"{type(error).__name__}: {error}",
-                "out_of_memory": _is_out_of_memory(error),
+                "out_of_memory": is_out_of_memory(error),
             }
         pickle.dump(reply, protocol_out)
         protocol_out.flush()

@@ -1,4 +1,5 @@
-"""Benchmark results for people and programs: a rich table, ``results.json``, ``results.csv`` and plots.
+"""Benchmark results for people and programs: a rich table, ``results.json``, ``results.csv``,
+``results.md`` (the table in Markdown) and plots.
 
 ``results.json`` is ``{"header": {...}, "rows": [...]}`` (fields of :class:`~attnlab.bench.results.BenchHeader`
 and :class:`~attnlab.bench.results.BenchRow`); ``results.csv`` has the same rows, one per line.
@@ -17,7 +18,16 @@ from rich.table import Table
 
 from .results import BenchResult, BenchRow
 
-__all__ = ["WrittenFiles", "format_bytes", "results_notes", "results_table", "write_csv", "write_json", "write_results"]
+__all__ = [
+    "WrittenFiles",
+    "format_bytes",
+    "results_markdown",
+    "results_notes",
+    "results_table",
+    "write_csv",
+    "write_json",
+    "write_results",
+]
 
 _STATUS_STYLE = {"ok": "green", "failed": "bold red", "oom": "red", "error": "red"}
 
@@ -37,54 +47,88 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _ms(value: float | None) -> str:
+    """Milliseconds with three significant digits, without exponents: 0.116, 2.91, 696, 1,710."""
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _columns(result: BenchResult) -> list[str]:
+    columns = ["implementation", "mode"]
+    if result.sweep_key is not None:
+        columns.append(result.sweep_key)
+    columns += ["median ms", "IQR ms", "GFLOP/s", "% peak", "peak mem", "max err", "status", "speed-up"]
+    if result.header.config.get("compile"):
+        columns.append("compile s")
+    return columns
+
+
+def _cells(row: BenchRow, result: BenchResult) -> list[str]:
+    """Plain-text cells in the order of :func:`_columns`."""
+    cells = [row.label, row.mode]
+    if result.sweep_key is not None:
+        cells.append(str(getattr(row, result.sweep_key)))
+    cells += [
+        _ms(row.median_ms),
+        _ms(row.iqr_ms),
+        _fmt(row.gflops, ".1f"),
+        _fmt(None if row.peak_fraction is None else 100 * row.peak_fraction, ".1f", "%"),
+        format_bytes(row.peak_mem_bytes),
+        _fmt(row.max_abs_err, ".1e"),
+        row.status,
+        _fmt(row.speedup, ".2f", "x"),
+    ]
+    if result.header.config.get("compile"):
+        cells.append(_fmt(row.compile_s, ".1f"))
+    return cells
+
+
+def _title(result: BenchResult) -> str:
+    header, config = result.header, result.header.config
+    sizes = ", ".join(
+        f"{name} {config[name]}" for name in ("batch", "seq_len", "d_model", "num_heads") if name != result.sweep_key
+    )
+    return f"attnlab bench: {header.device_name}, {header.dtype}, {sizes}, {header.num_threads} threads"
+
+
 def results_table(result: BenchResult) -> Table:
     """One line per row: time, spread, FLOP rate, share of peak, memory, error, status, speed-up."""
     header = result.header
-    config = header.config
-    sweep_key = result.sweep_key
-    sizes = ", ".join(
-        f"{name} {config[name]}" for name in ("batch", "seq_len", "d_model", "num_heads") if name != sweep_key
-    )
     load = "" if header.load_average is None else f"; system load {header.load_average[0]:.1f} (1 min)"
     table = Table(
         box=box.SIMPLE_HEAD,
-        title=f"attnlab bench: {header.device_name}, {header.dtype}, {sizes}, {header.num_threads} threads",
+        title=_title(result),
         caption=(
             f"peak {header.peak_gflops:.1f} GFLOP/s ({header.peak_method}); spread = interquartile range; "
             f"memory: {header.memory_method}; speed-up vs the slowest ok row of the same mode and size{load}"
         ),
     )
-    columns = ["implementation", "mode"]
-    if sweep_key is not None:
-        columns.append(sweep_key)
-    columns += ["median ms", "IQR ms", "GFLOP/s", "% peak", "peak mem", "max err", "status", "speed-up"]
-    if config.get("compile"):
-        columns.append("compile s")
-    for name in columns:
+    for name in _columns(result):
         table.add_column(name, justify="left" if name in ("implementation", "mode", "status") else "right")
+    status_index = _columns(result).index("status")
     for row in result.rows:
-        table.add_row(*_cells(row, sweep_key, bool(config.get("compile"))))
+        cells = _cells(row, result)
+        cells[status_index] = f"[{_STATUS_STYLE.get(row.status, 'yellow')}]{row.status}[/]"
+        table.add_row(*cells)
     return table
 
 
-def _cells(row: BenchRow, sweep_key: str | None, compile_column: bool) -> list[str]:
-    cells = [row.label, row.mode]
-    if sweep_key is not None:
-        cells.append(str(getattr(row, sweep_key)))
-    style = _STATUS_STYLE.get(row.status, "yellow")
-    cells += [
-        _fmt(row.median_ms, ".3g"),
-        _fmt(row.iqr_ms, ".2g"),
-        _fmt(row.gflops, ".1f"),
-        _fmt(None if row.peak_fraction is None else 100 * row.peak_fraction, ".1f", "%"),
-        format_bytes(row.peak_mem_bytes),
-        _fmt(row.max_abs_err, ".1e"),
-        f"[{style}]{row.status}[/]",
-        _fmt(row.speedup, ".2f", "x"),
+def results_markdown(result: BenchResult) -> str:
+    """The table as Markdown (for docs and issues), with the peak and the memory method below it."""
+    columns = _columns(result)
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if c in ("implementation", "mode", "status") else "--:" for c in columns) + "|",
     ]
-    if compile_column:
-        cells.append(_fmt(row.compile_s, ".1f"))
-    return cells
+    lines += ["| " + " | ".join(_cells(row, result)) + " |" for row in result.rows]
+    header = result.header
+    lines += [
+        "",
+        f"{_title(result)}; torch {header.torch_version}; peak {header.peak_gflops:.1f} GFLOP/s "
+        f"({header.peak_method}); memory: {header.memory_method}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def results_notes(result: BenchResult) -> list[str]:
@@ -123,10 +167,12 @@ class WrittenFiles:
 
 
 def write_results(result: BenchResult, out_dir: Path | str) -> WrittenFiles:
-    """Write ``results.json``, ``results.csv``, ``bench.png`` and, for a sweep, ``sweep.png`` to ``out_dir``."""
+    """Write ``results.json``, ``results.csv``, ``results.md``, ``bench.png`` and, for a sweep, ``sweep.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = WrittenFiles([write_json(result, out_dir / "results.json"), write_csv(result, out_dir / "results.csv")])
+    (out_dir / "results.md").write_text(results_markdown(result))
+    written.paths.append(out_dir / "results.md")
     if importlib.util.find_spec("matplotlib") is None:
         written.skipped.append("plots: matplotlib is not installed (pip install 'attnlab[plots]')")
         return written

@@ -15,6 +15,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timezone
 from functools import partial
 
@@ -24,23 +25,18 @@ from ..registry import get_implementation
 from .accuracy import TOLERANCES, output_error, reference_prefix
 from .attention_case import AttentionCase, case_inputs, make_step, prepare
 from .config import BenchConfig
-from .devices import describe_device, resolve_device, resolve_dtype, synchronize
+from .devices import describe_device, is_out_of_memory, resolve_device, resolve_dtype, synchronize
 from .flops import FLOP_FORMULA
 from .memory import MemoryMeter, WorkloadError, memory_meter
 from .peak import DevicePeak, measure_peak
 from .results import BenchHeader, BenchResult, BenchRow
 from .timing import time_callable, timing_method
 
-__all__ = ["ProgressCallback", "is_out_of_memory", "rank_rows", "run_benchmark"]
+__all__ = ["ProgressCallback", "rank_rows", "run_benchmark"]
 
 #: ``on_progress(done, total, description)``: ``done`` of ``total`` steps finished, ``description`` says
 #: what runs now.
 ProgressCallback = Callable[[int, int, str], None]
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` means the device ran out of memory (CUDA/MPS OOM, or the CPU allocator's)."""
-    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "not enough memory" in str(error)
 
 
 def rank_rows(rows: list[BenchRow]) -> None:
@@ -96,20 +92,8 @@ class _CaseRunner:
         return self._references[key]
 
     def run(self, case: AttentionCase) -> BenchRow:
-        row = BenchRow(
-            impl=case.impl,
-            mode=case.mode,
-            compiled=case.compiled,
-            device=case.device,
-            dtype=case.dtype,
-            batch=case.batch,
-            seq_len=case.seq_len,
-            d_model=case.d_model,
-            num_heads=case.num_heads,
-            status="ok",
-            flops=case.flops,
-            tolerance=self.tolerance,
-        )
+        identity = {name: value for name, value in asdict(case).items() if name != "seed"}  # impl, mode, sizes...
+        row = BenchRow(**identity, status="ok", flops=case.flops, tolerance=self.tolerance)
         capabilities = get_implementation(case.impl).capabilities
         if (reason := capabilities.unavailable_reason()) is not None:
             row.status, row.note = "unavailable", reason
@@ -124,8 +108,8 @@ class _CaseRunner:
             row.note = f"{type(error).__name__}: {error}".splitlines()[0][:300]
             for name in ("median_ms", "p25_ms", "p75_ms", "iqr_ms", "num_samples", "gflops", "peak_fraction"):
                 setattr(row, name, None)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        if row.status != "ok" and self.device.type == "cuda":
+            torch.cuda.empty_cache()  # out here, the failed case's tensors are no longer referenced
         return row
 
     def _measure(self, case: AttentionCase, row: BenchRow) -> None:
