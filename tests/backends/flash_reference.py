@@ -17,7 +17,13 @@ import torch
 
 from attnlab.backends.naive import naive_attention
 
-__all__ = ["assert_matches_reference", "make_inputs", "max_error", "run_with_grads"]
+__all__ = [
+    "assert_matches_reference",
+    "assert_rows_without_keys_are_zero",
+    "make_inputs",
+    "max_error",
+    "run_with_grads",
+]
 
 Fn = Callable[..., torch.Tensor]
 
@@ -106,3 +112,17 @@ def assert_matches_reference(
         assert err <= factor * naive_err + 1e-5, f"{name}: error {err:.3g} > {factor} x naive's {naive_err:.3g} + 1e-5"
         if q.dtype == torch.float32 and float32_limit is not None:
             assert err <= float32_limit, f"{name}: float32 error {err:.3g} > {float32_limit}"
+
+
+def assert_rows_without_keys_are_zero(
+    fn: Fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor
+) -> None:
+    """Causal, t_q > t_k: the first t_q - t_k queries see no key; their output and dq are exactly zero,
+    every gradient is finite, and every other row got a nonzero output."""
+    empty = q.shape[-2] - k.shape[-2]
+    assert empty > 0
+    out, dq, dk, dv = run_with_grads(fn, q, k, v, dout, causal=True)
+    assert torch.equal(out[..., :empty, :], torch.zeros_like(out[..., :empty, :]))
+    assert torch.equal(dq[..., :empty, :], torch.zeros_like(dq[..., :empty, :]))
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+    assert out[..., empty:, :].abs().amax(dim=-1).gt(0).all()

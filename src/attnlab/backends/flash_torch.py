@@ -21,13 +21,19 @@ import torch
 
 from .common import check_qkv, resolve_scale
 
-__all__ = ["check_block_size", "flash_torch_attention", "flash_torch_backward", "flash_torch_forward"]
+__all__ = [
+    "check_block_size",
+    "default_block_size",
+    "flash_torch_attention",
+    "flash_torch_backward",
+    "flash_torch_forward",
+]
 
-#: Default query and key block sizes. On a CPU, 128 x 128 tiles batched over a group of heads keep
-#: the matmuls large while the score tile stays in L2; see docs/flash-notes.md for the measurements.
+#: Default query and key block size. On a CPU, 128 x 128 tiles batched over a group of heads keep the
+#: matmuls large while a group's working set stays near L2; see docs/flash-notes.md for the measurements.
 DEFAULT_BLOCK = 128
-#: Elements in one group's score tile: 2**19 float32 values = 2 MiB.
-TILE_ELEMENTS = 2**19
+#: Elements in one group's score tile: 2**18 float32 values = 1 MiB.
+TILE_ELEMENTS = 2**18
 
 
 def check_block_size(name: str, value: int) -> None:
@@ -41,16 +47,40 @@ def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _future_mask(i0: int, i1: int, j0: int, j1: int, offset: int, device: torch.device) -> torch.Tensor:
-    """True where query row i in [i0, i1) may NOT see key j in [j0, j1): j > i + offset (bottom-right)."""
-    rows = torch.arange(i0, i1, device=device)  # (bm,)
-    cols = torch.arange(j0, j1, device=device)  # (bn,)
-    return cols[None, :] > rows[:, None] + offset  # (bm, bn)
+class _CausalBias:
+    """Additive 0 / -inf tiles for the blocks that cross the causal diagonal, built once per shape.
+
+    Query row ``i0 + r`` may not see key ``j0 + c`` when ``c - r > i0 + offset - j0``, so a tile depends
+    only on that shift and its size; a handful of distinct tiles serve every diagonal block. Adding the
+    bias inside the score matmul (``baddbmm``) costs less than a separate ``masked_fill`` pass.
+    """
+
+    def __init__(self, offset: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.offset, self.dtype, self.device = offset, dtype, device
+        self.tiles: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def __call__(self, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        key = (i0 + self.offset - j0, i1 - i0, j1 - j0)
+        if key not in self.tiles:
+            rows = torch.arange(i0, i1, device=self.device)  # (bm,)
+            cols = torch.arange(j0, j1, device=self.device)  # (bn,)
+            future = cols[None, :] > rows[:, None] + self.offset  # (bm, bn)
+            tile = torch.zeros(i1 - i0, j1 - j0, dtype=self.dtype, device=self.device)  # (bm, bn)
+            self.tiles[key] = tile.masked_fill_(future, float("-inf"))
+        return self.tiles[key]
 
 
 def _round_like(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Round probabilities to the input dtype (what the kernel feeds its P·V product), keep the accumulator dtype."""
     return p if dtype in (torch.float32, torch.float64) else p.to(dtype).to(p.dtype)
+
+
+def default_block_size(num_heads: int) -> int:
+    """The block size used when none is given: 128, or 256 when fewer than 16 (b*h) heads share a tile.
+
+    With few heads a 128 x 128 tile is too small a matmul and Python's per-tile cost dominates.
+    """
+    return DEFAULT_BLOCK if num_heads >= 16 else 2 * DEFAULT_BLOCK
 
 
 def _head_groups(num_heads: int, block_m: int, block_n: int) -> list[slice]:
@@ -108,6 +138,7 @@ def _forward_heads(
     g, t_q, head_dim = q_all.shape
     t_k = k_all.shape[1]
     offset = t_k - t_q  # query i sees keys j <= i + offset
+    causal_bias = _CausalBias(offset, q_all.dtype, q_all.device)
     for i0 in range(0, t_q, block_m):
         i1 = min(i0 + block_m, t_q)
         q_blk = q_all[:, i0:i1]  # (g, bm, d)
@@ -118,10 +149,12 @@ def _forward_heads(
         k_end = max(0, min(t_k, i1 + offset)) if causal else t_k
         for j0 in range(0, k_end, block_n):
             j1 = min(j0 + block_n, k_end)
-            attn_scores = torch.bmm(q_blk, k_all[:, j0:j1].transpose(1, 2))  # (g, bm, bn)
+            k_t = k_all[:, j0:j1].transpose(1, 2)  # (g, d, bn)
             crosses_diagonal = causal and j1 - 1 > i0 + offset
-            if crosses_diagonal:
-                attn_scores.masked_fill_(_future_mask(i0, i1, j0, j1, offset, q_all.device), float("-inf"))
+            if crosses_diagonal:  # future keys get -inf from the bias
+                attn_scores = torch.baddbmm(causal_bias(i0, i1, j0, j1), q_blk, k_t)  # (g, bm, bn)
+            else:
+                attn_scores = torch.bmm(q_blk, k_t)  # (g, bm, bn)
             m_new = torch.maximum(m_i, attn_scores.amax(dim=-1))  # (g, bm)
             # A row with every key masked so far has m = -inf; subtracting 0 instead keeps exp(-inf) = 0
             # rather than exp(-inf - -inf) = NaN.
@@ -199,6 +232,7 @@ def _backward_heads(
     """
     t_q, t_k = q_all.shape[1], k_all.shape[1]
     offset = t_k - t_q
+    causal_bias = _CausalBias(offset, q_all.dtype, q_all.device)
     for j0 in range(0, t_k, block_n):
         j1 = min(j0 + block_n, t_k)
         k_blk, v_blk = k_all[:, j0:j1], v_all[:, j0:j1]  # (g, bn, d) each
@@ -208,9 +242,10 @@ def _backward_heads(
         i_start = max(0, j0 - offset) if causal else 0
         for i0 in range(i_start, t_q, block_m):
             i1 = min(i0 + block_m, t_q)
-            attn_scores = torch.bmm(q_all[:, i0:i1], k_blk.transpose(1, 2))  # (g, bm, bn)
             if causal and j1 - 1 > i0 + offset:
-                attn_scores.masked_fill_(_future_mask(i0, i1, j0, j1, offset, q_all.device), float("-inf"))
+                attn_scores = torch.baddbmm(causal_bias(i0, i1, j0, j1), q_all[:, i0:i1], k_blk.transpose(1, 2))
+            else:
+                attn_scores = torch.bmm(q_all[:, i0:i1], k_blk.transpose(1, 2))  # (g, bm, bn)
             # lse = +inf on rows that see no key makes their probabilities exp(-inf) = 0.
             probs = attn_scores.sub_(lse[:, i0:i1].unsqueeze(-1)).exp_()  # (g, bm, bn), in place
             do_blk = do_all[:, i0:i1]  # (g, bm, d)
@@ -252,13 +287,18 @@ def flash_torch_attention(
     causal: bool = True,
     scale: float | None = None,
     dropout_p: float = 0.0,
-    block_m: int = DEFAULT_BLOCK,
-    block_n: int = DEFAULT_BLOCK,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> torch.Tensor:
-    """FlashAttention in PyTorch on q (b, h, t_q, d), k/v (b, h, t_k, d) -> (b, h, t_q, d); no dropout."""
+    """FlashAttention in PyTorch on q (b, h, t_q, d), k/v (b, h, t_k, d) -> (b, h, t_q, d); no dropout.
+
+    ``block_m`` / ``block_n``: query / key rows per tile (default: :func:`default_block_size`).
+    """
     if dropout_p != 0.0:
         raise ValueError(f"flash_torch has no dropout; got dropout_p={dropout_p}, use 0.0")
     check_qkv(q, k, v)
+    block_m = default_block_size(q.shape[0] * q.shape[1]) if block_m is None else block_m
+    block_n = default_block_size(q.shape[0] * q.shape[1]) if block_n is None else block_n
     check_block_size("block_m", block_m)
     check_block_size("block_n", block_n)
     return _FlashAttentionTorch.apply(q, k, v, causal, scale, block_m, block_n)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import load_tile, store_tile
+from .tiles import key_range, load_tile, program_block, store_tile
 
 __all__ = ["flash_bwd_dkdv_kernel", "flash_bwd_dq_kernel"]
 
@@ -44,14 +44,7 @@ def flash_bwd_dq_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    off_bh = tl.program_id(0)
-    start_m = tl.program_id(1) * BLOCK_M
-    if CAUSAL:
-        # Heaviest (last) query blocks first: the grid runs program_id(1) = 0 of every head first, and a
-        # long block launched last would otherwise run alone at the end.
-        start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
-    off_b = (off_bh // num_heads).to(tl.int64)
-    off_h = (off_bh % num_heads).to(tl.int64)
+    off_b, off_h, start_m = program_block(num_heads, BLOCK_M, CAUSAL)
     offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
@@ -61,7 +54,7 @@ def flash_bwd_dq_kernel(
     do_ptrs = DO + off_b * stride_dob + off_h * stride_doh + rows * stride_dom + offs_d[None, :] * stride_dod
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd  # (1, BLOCK_D)
     v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd  # (1, BLOCK_D)
-    row_ptrs = off_bh.to(tl.int64) * t_q + offs_m  # (BLOCK_M,) into the (b*h, t_q) Lse and Delta
+    row_ptrs = (off_b * num_heads + off_h) * t_q + offs_m  # (BLOCK_M,) into the (b*h, t_q) Lse and Delta
 
     q = load_tile(q_ptrs, offs_m, t_q, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
     do = load_tile(do_ptrs, offs_m, t_q, offs_d, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
@@ -73,13 +66,7 @@ def flash_bwd_dq_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
 
     offset = t_k - t_q  # query i sees keys j <= i + offset
-    if CAUSAL:
-        k_end = tl.maximum(tl.minimum(t_k, start_m + BLOCK_M + offset), 0)
-        k_full = tl.maximum(tl.minimum(k_end, start_m + offset + 1), 0)
-    else:
-        k_end = t_k
-        k_full = t_k
-    k_full = (k_full // BLOCK_N) * BLOCK_N
+    k_full, k_end = key_range(start_m, t_q, t_k, CAUSAL, BLOCK_M, BLOCK_N)  # the forward's two phases
 
     for phase in tl.static_range(2):
         if phase == 0:
@@ -122,10 +109,8 @@ def flash_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    off_bh = tl.program_id(0)
-    start_n = tl.program_id(1) * BLOCK_N  # causal: the first key blocks are seen by most queries, heaviest first
-    off_b = (off_bh // num_heads).to(tl.int64)
-    off_h = (off_bh % num_heads).to(tl.int64)
+    # Causal: the first key blocks are seen by the most queries, so the natural order is heaviest first.
+    off_b, off_h, start_n = program_block(num_heads, BLOCK_N, False)
     offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,) this program's keys
     offs_m = tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows within a block
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
@@ -140,7 +125,7 @@ def flash_bwd_dkdv_kernel(
     )  # (BLOCK_N, BLOCK_D)  # fmt: skip
     q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_d[None, :] * stride_qd  # (1, BLOCK_D)
     do_base = DO + off_b * stride_dob + off_h * stride_doh + offs_d[None, :] * stride_dod  # (1, BLOCK_D)
-    row_base = off_bh.to(tl.int64) * t_q
+    row_base = (off_b * num_heads + off_h) * t_q
     qk_scale = sm_scale * LOG2E
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)

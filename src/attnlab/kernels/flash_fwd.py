@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import load_tile, store_tile
+from .tiles import key_range, load_tile, program_block, store_tile
 
 __all__ = ["flash_fwd_kernel"]
 
@@ -38,14 +38,7 @@ def flash_fwd_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    off_bh = tl.program_id(0)
-    start_m = tl.program_id(1) * BLOCK_M
-    if CAUSAL:
-        # Heaviest (last) query blocks first: the grid runs program_id(1) = 0 of every head first, and a
-        # long block launched last would otherwise run alone at the end.
-        start_m = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
-    off_b = (off_bh // num_heads).to(tl.int64)
-    off_h = (off_bh % num_heads).to(tl.int64)
+    off_b, off_h, start_m = program_block(num_heads, BLOCK_M, CAUSAL)
     offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows
     offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,) key columns within a block
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
@@ -59,13 +52,7 @@ def flash_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # running sum of exp2(score - m_i) * v
 
     offset = t_k - t_q  # bottom-right causal alignment: query i sees keys j <= i + offset
-    if CAUSAL:
-        k_end = tl.maximum(tl.minimum(t_k, start_m + BLOCK_M + offset), 0)  # keys seen by the last row
-        k_full = tl.maximum(tl.minimum(k_end, start_m + offset + 1), 0)  # keys seen by the first row
-    else:
-        k_end = t_k
-        k_full = t_k
-    k_full = (k_full // BLOCK_N) * BLOCK_N  # whole blocks only; the rest goes to the masked phase
+    k_full, k_end = key_range(start_m, t_q, t_k, CAUSAL, BLOCK_M, BLOCK_N)
 
     for phase in tl.static_range(2):
         if phase == 0:
@@ -101,4 +88,4 @@ def flash_fwd_kernel(
     store_tile(o_ptrs, out.to(Out.dtype.element_ty), offs_m, t_q, offs_d, HEAD_DIM, BLOCK_D)
     # Natural-log lse; +inf for rows without keys, so the backward's exp(s - lse) is exactly 0 there.
     lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))  # (BLOCK_M,)
-    tl.store(Lse + off_bh.to(tl.int64) * t_q + offs_m, lse, mask=offs_m < t_q)
+    tl.store(Lse + (off_b * num_heads + off_h) * t_q + offs_m, lse, mask=offs_m < t_q)
