@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/attnlab check
+	$(BIN)/attnlab bench --out bench-results
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..bench import PRESETS, BenchConfig, Sweep, default_preset, resolve_device, run_benchmark
 from ..bench.config import DEVICES, DTYPES, MODES
+from ..bench.devices import resolve_dtype
 from ..bench.report import results_notes, results_table, write_results
+from ..gpt import PRESETS as GPT_PRESETS
+from ..gpt import GPTConfig
+from ..gpt.bench import benchmark_model, model_bench_table
+from ..implementations import IMPLEMENTATIONS
 
 __all__ = ["add_parser"]
 
@@ -20,6 +29,7 @@ examples:
   attnlab bench --preset notebook --mode both --out results
   attnlab bench --impl sdpa,ch03,flex --sweep seq=256,512,1024 --mode forward --out sweep-results
   attnlab bench --device cuda --dtype bfloat16 --preset long --compile
+  attnlab bench --model gpt2 --impl sdpa,ch03,wrapper --prompt-len 128 --new-tokens 32
 
 presets: """ + "; ".join(
     f"{name}: batch {p.batch}, {p.seq_len} tokens, d_model {p.d_model}, {p.num_heads} heads ({p.description})"
@@ -67,6 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-run-time", type=float, help="seconds of timed calls per case (default: preset's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--out", help="write results.json, results.csv, bench.png (and sweep.png) here")
+    model = parser.add_argument_group("whole-model benchmark (prefill and decode tokens/s of the GPT model)")
+    model.add_argument("--model", choices=tuple(GPT_PRESETS), help="benchmark this GPT-2 size instead of one layer")
+    model.add_argument("--layers", type=int, help="with --model: override the number of layers (smaller runs)")
+    model.add_argument("--prompt-len", type=int, default=128, help="with --model: prompt tokens (default: 128)")
+    model.add_argument("--new-tokens", type=int, default=32, help="with --model: decoded tokens (default: 32)")
     parser.set_defaults(func=run)
 
 
@@ -93,12 +108,15 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+def _console() -> Console:
     console = Console()
     if not console.is_terminal:  # a log file or pipe: no terminal width to respect, keep rows on one line
         console = Console(width=160)
-    progress = Progress(
+    return console
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
         SpinnerColumn(),
         TextColumn("[bold]bench[/]"),
         BarColumn(),
@@ -108,6 +126,52 @@ def run(args: argparse.Namespace) -> int:
         console=console,
         transient=True,
     )
+
+
+def run_model(args: argparse.Namespace) -> int:
+    """``--model``: prefill and decode tokens/s of the whole GPT model on each implementation."""
+    layer_only = {"--preset": args.preset, "--sweep": args.sweep, "--seq": args.seq_len, "--heads": args.num_heads}
+    layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None}
+    given = [flag for flag, value in layer_only.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} do not apply with --model (use --prompt-len, --new-tokens, --layers)")
+    overrides = {} if args.layers is None else {"n_layers": args.layers}
+    config = GPTConfig.preset(args.model, **overrides)
+    impls = [n.strip() for n in args.impl.split(",") if n.strip()] if args.impl else list(IMPLEMENTATIONS)
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task("starting", total=None)
+        rows = benchmark_model(
+            config,
+            impls,
+            batch=args.batch or 1,
+            prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens,
+            device=resolve_device(args.device),
+            dtype=resolve_dtype(args.dtype),
+            min_run_time=args.min_run_time or 0.5,
+            seed=args.seed,
+            on_progress=lambda done, total, text: progress.update(task, completed=done, total=total, description=text),
+        )
+    layers = f", {config.n_layers} layers" if args.layers is not None else ""
+    title = f"{args.model}{layers}: prefill {args.prompt_len} tokens, decode {args.new_tokens} tokens"
+    console.print(model_bench_table(rows, title=f"{title}, batch {args.batch or 1}, {args.dtype}"))
+    if args.out:
+        path = Path(args.out)
+        path.mkdir(parents=True, exist_ok=True)
+        header = {"model": args.model, "config": config.to_dict(), "torch_version": torch.__version__}
+        payload = {"header": header, "rows": [asdict(row) for row in rows]}
+        (path / "model_results.json").write_text(json.dumps(payload, indent=2, default=str))
+        console.print(f"wrote {path / 'model_results.json'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        return run_model(args)
+    config = config_from_args(args)
+    console = _console()
+    progress = _progress(console)
     with progress:
         task = progress.add_task("starting", total=None)
 
