@@ -158,9 +158,7 @@ class CausalAttention(nn.Module):
     (compare :class:`CausalAttentionWithoutBuffer`).
     """
 
-    def __init__(
-        self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False
-    ) -> None:
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False) -> None:
         super().__init__()
         self.d_out = d_out
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -194,9 +192,7 @@ class CausalAttentionWithoutBuffer(CausalAttention):
     pass fails with a device mismatch; and the mask is missing from ``state_dict``.
     """
 
-    def __init__(
-        self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False
-    ) -> None:
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False) -> None:
         super().__init__(d_in, d_out, context_length, dropout, qkv_bias)
         mask = self.mask
         del self.mask  # drop the registered buffer ...

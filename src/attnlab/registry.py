@@ -23,9 +23,7 @@ __all__ = [
 def get_implementation(name: str) -> type[MultiHeadAttentionBase]:
     """The implementation class registered as ``name``; ``ValueError`` listing the valid names otherwise."""
     if name not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown attention implementation {name!r}; valid names: {', '.join(IMPLEMENTATIONS)}"
-        )
+        raise ValueError(f"unknown attention implementation {name!r}; valid names: {', '.join(IMPLEMENTATIONS)}")
     return IMPLEMENTATIONS[name]
 
 

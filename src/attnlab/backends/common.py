@@ -18,9 +18,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise ``ValueError`` unless q is (b, h, t_q, d) and k, v are (b, h, t_k, d) with matching b, h, d."""
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if tensor.dim() != 4:
-            raise ValueError(
-                f"{name} must be 4-D (batch, heads, tokens, head_dim), got shape {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"{name} must be 4-D (batch, heads, tokens, head_dim), got shape {tuple(tensor.shape)}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     b, h, _, d = q.shape

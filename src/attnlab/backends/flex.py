@@ -51,8 +51,7 @@ def flex_attention_backend(
         raise ValueError(f"flex attention has no dropout; got dropout_p={dropout_p}, use 0.0")
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError(
-            "flex attention has no backward pass on the CPU in this PyTorch; run it under torch.no_grad() "
-            "or on CUDA"
+            "flex attention has no backward pass on the CPU in this PyTorch; run it under torch.no_grad() or on CUDA"
         )
     t_q, t_k = q.shape[-2], k.shape[-2]
     if causal and t_q > t_k:

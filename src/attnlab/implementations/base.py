@@ -174,9 +174,7 @@ class MultiHeadAttentionBase(nn.Module):
                 f"this module has d_in={self.d_in}, d_out={self.d_out}"
             )
         if weights.qkv_bias != self.qkv_bias:
-            raise ValueError(
-                f"weights have qkv_bias={weights.qkv_bias}; this module has qkv_bias={self.qkv_bias}"
-            )
+            raise ValueError(f"weights have qkv_bias={weights.qkv_bias}; this module has qkv_bias={self.qkv_bias}")
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(b, t, d_out) -> (b, h, t, head_dim)."""

@@ -40,10 +40,7 @@ class WrapperAttention(MultiHeadAttentionBase):
             qkv_bias=qkv_bias,
         )
         self.heads = nn.ModuleList(
-            [
-                CausalAttention(d_in, self.head_dim, context_length, dropout, qkv_bias)
-                for _ in range(num_heads)
-            ]
+            [CausalAttention(d_in, self.head_dim, context_length, dropout, qkv_bias) for _ in range(num_heads)]
         )
         self.out_proj = nn.Linear(d_out, d_out)
 
