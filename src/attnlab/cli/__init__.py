@@ -13,14 +13,22 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``attnlab --help`` lists them.
-COMMANDS: tuple[str, ...] = ("check", "tour", "generate", "bench")
+COMMANDS: tuple[str, ...] = ("tour", "check", "bench", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnlab",
         description="Attention mechanisms for LLMs, built from scratch in PyTorch.",
-        epilog="example: attnlab check --seq-len 9 --heads 4",
+        epilog=(
+            "examples:\n"
+            "  attnlab tour --section causal      # chapter 3, step by step, as the book prints it\n"
+            "  attnlab check                      # every implementation vs a float64 reference\n"
+            "  attnlab bench --preset notebook    # time, FLOP rate, memory and accuracy of each\n"
+            "  attnlab generate --weights ./gpt2 --prompt 'Every effort moves you'\n"
+            "run 'attnlab COMMAND --help' for each command's options"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
