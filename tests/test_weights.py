@@ -50,3 +50,9 @@ def test_parameter_count_is_the_canonical_one(name):
     # Every layout stores exactly the canonical parameters: 3 d_out d_in + d_out^2 + d_out (+ 3 d_out).
     module = build(name, d_in=8, d_out=8, num_heads=2, context_length=4, qkv_bias=True)
     assert sum(p.numel() for p in module.parameters()) == 3 * 8 * 8 + 8 * 8 + 8 + 3 * 8
+
+
+def test_non_matrix_weights_are_rejected():
+    w = AttentionWeights.random(5, 8)
+    with pytest.raises(ValueError, match=r"W_query must be 2-D \(d_out, d_in\), got shape \(8,\)"):
+        AttentionWeights(torch.zeros(8), w.W_key, w.W_value, w.W_out, w.b_out)

@@ -35,6 +35,8 @@ class AttentionWeights:
     b_value: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        if self.W_query.dim() != 2:
+            raise ValueError(f"W_query must be 2-D (d_out, d_in), got shape {tuple(self.W_query.shape)}")
         d_out, d_in = self.W_query.shape
         for name in ("W_key", "W_value"):
             if getattr(self, name).shape != (d_out, d_in):

@@ -84,6 +84,8 @@ def test_iter_generate_streams_one_token_per_row_per_step(model, prompt):
         ({"max_new_tokens": -1}, "max_new_tokens must be a non-negative integer"),
         ({"max_new_tokens": 3, "temperature": -1.0}, "temperature must be >= 0"),
         ({"max_new_tokens": 3, "top_k": 0}, "top_k must be a positive integer"),
+        ({"max_new_tokens": 3, "eos_id": -1}, r"eos_id must be a token id in \[0, "),
+        ({"max_new_tokens": 3, "eos_id": 10**6}, r"eos_id must be a token id in \[0, "),
     ],
 )
 def test_bad_arguments_are_clear_errors_at_the_call(model, prompt, kwargs, message):
@@ -96,3 +98,13 @@ def test_cache_with_an_implementation_without_one_names_the_alternatives(prompt)
     with pytest.raises(ValueError, match=r"'wrapper' has no KV-cache path; .*use_cache=False.*sdpa"):
         model.generate(prompt, max_new_tokens=2)
     assert model.generate(prompt, max_new_tokens=2, use_cache=False).shape == (3, 7)
+
+
+def test_sample_next_token_checks_its_own_arguments():
+    logits = torch.randn(2, 7)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        sample_next_token(logits, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        sample_next_token(logits, temperature=1.0, top_k=0)
+    # A tiny temperature is as good as greedy, not a NaN from float32 overflow.
+    assert torch.equal(sample_next_token(logits, temperature=1e-30), logits.argmax(dim=-1))

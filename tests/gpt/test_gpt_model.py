@@ -73,6 +73,13 @@ def test_bad_token_ids_are_a_clear_error(state, idx):
         model_on("sdpa", state)(idx)
 
 
+@pytest.mark.parametrize("bad", [-1, 10**6])
+def test_token_ids_outside_the_vocabulary_are_a_clear_error(state, bad):
+    model = model_on("sdpa", state)
+    with pytest.raises(ValueError, match=rf"token id {bad} is outside the vocabulary \[0, "):
+        model(torch.tensor([[0, bad]]))
+
+
 def test_cache_for_another_model_is_refused(state):
     model = model_on("sdpa", state)
     from attnlab.gpt import KVCache

@@ -84,3 +84,10 @@ def test_flex_refuses_cpu_backward_with_a_clear_error():
 def test_unknown_implementation_lists_valid_names():
     with pytest.raises(ValueError, match="unknown attention implementation 'nope'; valid names: wrapper, ch03"):
         make("nope")
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_input_dtype_must_match_the_parameters(name):
+    message = "input is torch.float64 on cpu but the module's parameters are torch.float32"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make(name)(torch.randn(2, 3, 8, dtype=torch.float64))

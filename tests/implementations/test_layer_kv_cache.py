@@ -1,5 +1,7 @@
 """The KV-cache path of the attention implementations, and the per-layer cache itself."""
 
+import re
+
 import pytest
 import torch
 
@@ -70,3 +72,12 @@ def test_truncate_forgets_the_tail():
     assert torch.equal(stored_keys, torch.cat([first[:, :, :1], second], dim=2))
     with pytest.raises(ValueError, match="cannot truncate a KV cache of length 3 to 4"):
         cache.truncate(4)
+
+
+def test_keys_of_another_dtype_are_refused_not_cast():
+    cache = LayerKVCache(max_tokens=4)
+    cache.append(torch.zeros(1, 2, 1, 3), torch.zeros(1, 2, 1, 3))
+    other = torch.zeros(1, 2, 1, 3, dtype=torch.float64)
+    message = "keys are torch.float64 on cpu; this cache holds torch.float32 on cpu"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cache.append(other, other)

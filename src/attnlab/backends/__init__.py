@@ -5,8 +5,9 @@ Every backend is called the same way::
     out = BACKENDS["naive"](q, k, v, causal=True, scale=None)  # q (b, h, t_q, d), k/v (b, h, t_k, d)
 
 and follows one causal convention (bottom-right alignment, zeros for rows that see no key), documented
-in :mod:`attnlab.backends.common`. The multi-head modules in :mod:`attnlab.implementations` own the
-projections and hand the core to one of these.
+in :mod:`attnlab.backends.common`; the one exception is ``flex``, which refuses causal t_q > t_k with a
+clear error (its block mask cannot express rows without keys). The multi-head modules in
+:mod:`attnlab.implementations` own the projections and hand the core to one of these.
 """
 
 from __future__ import annotations

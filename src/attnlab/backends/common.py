@@ -9,9 +9,11 @@ When ``t_q > t_k`` the first ``t_q - t_k`` queries see no key at all: their outp
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["causal_mask", "check_qkv", "resolve_scale"]
+__all__ = ["causal_mask", "check_attention_args", "check_qkv", "resolve_scale"]
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -24,6 +26,27 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     b, h, _, d = q.shape
     if (k.shape[0], k.shape[1], k.shape[3]) != (b, h, d):
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head_dim")
+    if d < 1:
+        raise ValueError(f"head_dim must be at least 1, got {d}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not q.is_floating_point():
+        raise ValueError(f"q, k and v must be floating point, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+
+
+def check_attention_args(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float | None, dropout_p: float
+) -> None:
+    """Every backend's argument checks: the tensors (:func:`check_qkv`) and the options."""
+    check_qkv(q, k, v)
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be True or False, got {causal!r}")
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p {dropout_p} must be in [0, 1)")
 
 
 def resolve_scale(q: torch.Tensor, scale: float | None) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_qkv, resolve_scale
+from .common import check_attention_args, check_qkv, resolve_scale
 
 __all__ = [
     "check_block_size",
@@ -87,7 +87,8 @@ def _head_groups(num_heads: int, block_m: int, block_n: int) -> list[slice]:
     """Split the b*h heads into groups whose (group, block_m, block_n) score tile fits a CPU's L2 cache.
 
     All heads of a group go through each tile's matmuls together (one batched call instead of one per
-    head); capping the tile at about 2 MB keeps the elementwise softmax passes in cache.
+    head); capping the tile at 2**18 elements (1 MiB in float32, 2 MiB in float64) keeps the elementwise
+    softmax passes in cache.
     """
     group = max(1, TILE_ELEMENTS // (block_m * block_n))
     return [slice(start, min(start + group, num_heads)) for start in range(0, num_heads, group)]
@@ -294,9 +295,9 @@ def flash_torch_attention(
 
     ``block_m`` / ``block_n``: query / key rows per tile (default: :func:`default_block_size`).
     """
+    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
     if dropout_p != 0.0:
         raise ValueError(f"flash_torch has no dropout; got dropout_p={dropout_p}, use 0.0")
-    check_qkv(q, k, v)
     block_m = default_block_size(q.shape[0] * q.shape[1]) if block_m is None else block_m
     block_n = default_block_size(q.shape[0] * q.shape[1]) if block_n is None else block_n
     check_block_size("block_m", block_m)

@@ -13,12 +13,13 @@ functions). That mode exists for testing at small sizes; it is far too slow for 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
 
 from ..kernels.config import FlashTritonConfig, default_config
-from .common import check_qkv, resolve_scale
+from .common import check_attention_args, resolve_scale
 
 __all__ = ["FlashTritonConfig", "flash_triton_attention", "interpreter_requested", "unsupported_device_reason"]
 
@@ -55,14 +56,12 @@ def _check_interpreter_active() -> None:
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    check_qkv(q, k, v)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    """flash_triton's own limits, after the checks every backend makes (check_attention_args)."""
+    if importlib.util.find_spec("triton") is None:
+        raise ModuleNotFoundError("flash_triton needs the triton package: pip install 'attnlab[triton]'")
     if q.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
         raise ValueError(f"flash_triton supports {names}; got {q.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim {q.shape[-1]} exceeds flash_triton's maximum of {MAX_HEAD_DIM}")
     if (reason := unsupported_device_reason(q.device.type)) is not None:
@@ -114,6 +113,7 @@ def flash_triton_attention(
 
     ``config`` sets the kernels' block sizes, warps and pipeline stages (default: tuned per head dim).
     """
+    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
     if dropout_p != 0.0:
         raise ValueError(f"flash_triton has no dropout; got dropout_p={dropout_p}, use 0.0")
     _check_inputs(q, k, v)

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from .common import check_qkv
+from .common import check_attention_args
 
 __all__ = ["flex_attention_backend"]
 
@@ -46,8 +46,8 @@ def flex_attention_backend(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Compiled FlexAttention on q (b, h, t_q, d), k/v (b, h, t_k, d)."""
-    check_qkv(q, k, v)
-    if dropout_p > 0.0:
+    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
+    if dropout_p != 0.0:
         raise ValueError(f"flex attention has no dropout; got dropout_p={dropout_p}, use 0.0")
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError(

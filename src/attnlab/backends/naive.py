@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import causal_mask, check_qkv, resolve_scale
+from .common import causal_mask, check_attention_args, resolve_scale
 
 __all__ = ["naive_attention"]
 
@@ -20,7 +20,7 @@ def naive_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Attention that materialises the full (t_q, t_k) weight matrix; q (b, h, t_q, d), k/v (b, h, t_k, d)."""
-    check_qkv(q, k, v)
+    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
     t_q, t_k = q.shape[-2], k.shape[-2]
     attn_scores = (q @ k.transpose(-2, -1)) * resolve_scale(q, scale)  # (b, h, t_q, t_k)
     if causal:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import causal_mask, check_qkv
+from .common import causal_mask, check_attention_args
 
 __all__ = ["sdpa_attention", "sdpa_mask_attention"]
 
@@ -24,7 +24,7 @@ def sdpa_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """SDPA with ``is_causal=True`` (or a lower-right causal bias when t_q != t_k), free to use fused kernels."""
-    check_qkv(q, k, v)
+    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
     t_q, t_k = q.shape[-2], k.shape[-2]
     if not causal:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)  # (b, h, t_q, d)
@@ -50,7 +50,7 @@ def sdpa_mask_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """SDPA with an explicit boolean mask tensor, which keeps PyTorch off its FlashAttention kernels."""
-    check_qkv(q, k, v)
+    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
     t_q, t_k = q.shape[-2], k.shape[-2]
     if not causal:
         mask = torch.ones(t_q, t_k, dtype=torch.bool, device=q.device)  # (t_q, t_k)

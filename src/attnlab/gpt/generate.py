@@ -28,13 +28,22 @@ def sample_next_token(
 ) -> torch.Tensor:
     """One token per row of ``logits`` (b, vocab): argmax when ``temperature`` is 0, else a sample from
     softmax(logits / temperature) restricted to the ``top_k`` most likely tokens. Returns (b,)."""
+    _check_sampling(temperature, top_k)
     if temperature == 0.0:
         return logits.argmax(dim=-1)  # (b,)
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
         logits = logits.masked_fill(logits < kth_best, float("-inf"))  # (b, vocab)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (b, vocab)
+    # float64: a tiny temperature would overflow float32 logits / temperature to inf (then NaN probabilities)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)  # (b, vocab)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (b,)
+
+
+def _check_sampling(temperature: float, top_k: int | None) -> None:
+    if not (math.isfinite(temperature) and temperature >= 0.0):
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
 
 
 def _check_arguments(
@@ -43,6 +52,7 @@ def _check_arguments(
     max_new_tokens: int,
     temperature: float,
     top_k: int | None,
+    eos_id: int | None,
     use_cache: bool,
 ) -> None:
     if idx.dim() != 2 or idx.shape[1] < 1:
@@ -55,10 +65,10 @@ def _check_arguments(
             f"prompt length {idx.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds "
             f"context_length {model.config.context_length}"
         )
-    if not (math.isfinite(temperature) and temperature >= 0.0):
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    _check_sampling(temperature, top_k)
+    vocab_size = model.config.vocab_size
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size):
+        raise ValueError(f"eos_id must be a token id in [0, {vocab_size}), got {eos_id!r}")
     if use_cache:
         check_kv_cache_support(model.attn_impl)
 
@@ -80,7 +90,7 @@ def iter_generate(
     keeps producing ``eos_id`` (so rows stay aligned); generation stops once every row has. The model's
     train/eval mode is left as it is (call ``eval()`` for deterministic output).
     """
-    _check_arguments(model, idx, max_new_tokens, temperature, top_k, use_cache)
+    _check_arguments(model, idx, max_new_tokens, temperature, top_k, eos_id, use_cache)
     return _steps(model, idx, max_new_tokens, temperature, top_k, eos_id, use_cache, generator)
 
 

@@ -95,6 +95,10 @@ class GPTModel(nn.Module):
             raise ValueError(f"KV cache has {len(cache.layers)} layers; this model has {len(self.blocks)}")
         if start + t > self.config.context_length:
             raise ValueError(f"sequence length {start + t} exceeds context_length {self.config.context_length}")
+        lowest, highest = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
+        if lowest < 0 or highest >= self.config.vocab_size:
+            bad = lowest if lowest < 0 else highest
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
         positions = torch.arange(start, start + t, device=idx.device)  # (t,)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))  # (b, t, d_model)
         for i, block in enumerate(self.blocks):

@@ -165,6 +165,12 @@ class MultiHeadAttentionBase(nn.Module):
             raise ValueError(f"sequence length {num_tokens} exceeds context_length {self.context_length}")
         if num_tokens < 1:
             raise ValueError("sequence length 0: the input needs at least one token")
+        param = next(self.parameters(), None)
+        if param is not None and (x.dtype, x.device) != (param.dtype, param.device):
+            raise ValueError(
+                f"input is {x.dtype} on {x.device} but the module's parameters are {param.dtype} on "
+                f"{param.device}; move one to match (module.to(...) or x.to(...))"
+            )
 
     def check_weights(self, weights: AttentionWeights) -> None:
         """Raise ``ValueError`` unless ``weights`` fit this module's d_in, d_out and qkv_bias."""

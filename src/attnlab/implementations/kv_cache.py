@@ -45,6 +45,10 @@ class LayerKVCache:
                 f"keys of batch {b}, {h} heads, head_dim {hd} do not fit a cache holding batch {stored_b}, "
                 f"{stored_h} heads, head_dim {stored_hd}"
             )
+        if (keys.dtype, keys.device) != (self._keys.dtype, self._keys.device):
+            raise ValueError(
+                f"keys are {keys.dtype} on {keys.device}; this cache holds {self._keys.dtype} on {self._keys.device}"
+            )
         if self.length + t > self.max_tokens:
             raise ValueError(
                 f"KV cache holds {self.length} tokens; adding {t} exceeds its max_tokens {self.max_tokens}"
