@@ -11,6 +11,7 @@ def test_model_bench_writes_rows_for_each_implementation(tmp_path, capsys):
     assert main(argv) == 0
     payload = json.loads((tmp_path / "model_results.json").read_text())
     assert payload["header"]["config"]["n_layers"] == 1
+    assert payload["header"]["prompt_len"] == 4 and payload["header"]["device"] == "cpu"
     rows = {row["impl"]: row for row in payload["rows"]}
     assert rows["sdpa"]["decode_mode"] == "kv-cache"
     assert rows["wrapper"]["decode_mode"] == "recompute"

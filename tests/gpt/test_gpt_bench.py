@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from attnlab.gpt import GPTConfig
 from attnlab.gpt.bench import benchmark_model, model_bench_table
@@ -56,3 +57,27 @@ def test_implementation_that_cannot_run_here_gets_a_skipped_row_with_the_reason(
     (row,) = benchmark_model(CONFIG, unsupported[:1], prompt_len=4, new_tokens=1, min_run_time=0.01)
     assert row.status == "skipped" and row.note == unsupported_reason(unsupported[0], "cpu")
     assert row.prefill_tokens_per_s is None
+
+
+def test_a_failing_implementation_becomes_a_row_and_the_run_goes_on(monkeypatch):
+    from attnlab.gpt import bench as gpt_bench
+
+    def failing(fn, device, **options):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gpt_bench, "time_callable", failing)  # the timing fails after a good warm-up
+    config = GPTConfig(vocab_size=50, context_length=16, d_model=16, n_layers=1, n_heads=2)
+    rows = gpt_bench.benchmark_model(config, ["sdpa"], prompt_len=4, new_tokens=2, min_run_time=0.01)
+    assert [(row.impl, row.status) for row in rows] == [("sdpa", "error")]
+    assert "RuntimeError: boom" in rows[0].note
+
+
+def test_benchmark_leaves_the_callers_random_state_alone():
+    from attnlab.gpt.bench import benchmark_model
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    config = GPTConfig(vocab_size=50, context_length=16, d_model=16, n_layers=1, n_heads=2)
+    benchmark_model(config, ["sdpa"], prompt_len=4, new_tokens=2, min_run_time=0.01)
+    assert torch.equal(torch.rand(3), expected)

@@ -90,10 +90,12 @@ def prepare(case: AttentionCase) -> PreparedCase:
         x_leaf = x.clone().requires_grad_()  # in a model, attention's input needs a gradient too
 
         def step() -> torch.Tensor:
-            module.zero_grad(set_to_none=True)  # fresh gradients each call, as in a training step
-            x_leaf.grad = None
             out = runner(x_leaf)  # (b, t, d_model)
             out.sum().backward()
+            # Drop the gradients after use: each call allocates them afresh, as a training step does, and
+            # the memory meter (which reads the allocation above what exists before a call) counts them.
+            module.zero_grad(set_to_none=True)
+            x_leaf.grad = None
             return out.detach()
 
     return PreparedCase(module=runner, x=x, step=step)

@@ -28,6 +28,8 @@ from typing import IO, Protocol
 
 import torch
 
+from .devices import is_out_of_memory
+
 __all__ = ["MemoryMeter", "MemoryResult", "WorkloadError", "memory_meter"]
 
 MakeStep = Callable[[], Callable[[], object]]
@@ -82,18 +84,22 @@ class _CudaMeter:
         self.device = device
 
     def measure(self, make_step: MakeStep) -> MemoryResult:
-        step = make_step()
-        step()  # warm-up
-        torch.cuda.synchronize(self.device)
-        gc.collect()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        before = torch.cuda.memory_allocated(self.device)
-        step()
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) - before
-        del step
-        gc.collect()
-        torch.cuda.empty_cache()
+        try:
+            step = make_step()
+            step()  # warm-up
+            torch.cuda.synchronize(self.device)
+            gc.collect()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            step()
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+        except Exception as error:  # as the CPU worker reports it: the timings already taken stay valid
+            raise WorkloadError(f"{type(error).__name__}: {error}", out_of_memory=is_out_of_memory(error)) from error
+        finally:
+            step = None
+            gc.collect()
+            torch.cuda.empty_cache()
         return MemoryResult(int(peak), self.method)
 
     def __enter__(self) -> _CudaMeter:

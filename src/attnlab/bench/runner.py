@@ -106,7 +106,8 @@ class _CaseRunner:
         except Exception as error:  # one case failing must not end the run: it becomes a row
             row.status = "oom" if is_out_of_memory(error) else "error"
             row.note = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-            for name in ("median_ms", "p25_ms", "p75_ms", "iqr_ms", "num_samples", "gflops", "peak_fraction"):
+            timed = ("median_ms", "p25_ms", "p75_ms", "iqr_ms", "num_samples", "gflops", "peak_fraction", "compile_s")
+            for name in timed:
                 setattr(row, name, None)
         if row.status != "ok" and self.device.type == "cuda":
             torch.cuda.empty_cache()  # out here, the failed case's tensors are no longer referenced

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from ..bench import PRESETS, BenchConfig, Sweep, default_preset, resolve_device, run_benchmark
 from ..bench.config import DEVICES, DTYPES, MODES
-from ..bench.devices import resolve_dtype
+from ..bench.devices import describe_device, resolve_dtype
 from ..bench.report import results_notes, results_table, write_results
 from ..gpt import PRESETS as GPT_PRESETS
 from ..gpt import GPTConfig
@@ -144,22 +144,37 @@ def run_model(args: argparse.Namespace) -> int:
         rows = benchmark_model(
             config,
             impls,
-            batch=args.batch or 1,
+            batch=1 if args.batch is None else args.batch,
             prompt_len=args.prompt_len,
             new_tokens=args.new_tokens,
             device=resolve_device(args.device),
             dtype=resolve_dtype(args.dtype),
-            min_run_time=args.min_run_time or 0.5,
+            min_run_time=0.5 if args.min_run_time is None else args.min_run_time,
             seed=args.seed,
             on_progress=lambda done, total, text: progress.update(task, completed=done, total=total, description=text),
         )
     layers = f", {config.n_layers} layers" if args.layers is not None else ""
     title = f"{args.model}{layers}: prefill {args.prompt_len} tokens, decode {args.new_tokens} tokens"
-    console.print(model_bench_table(rows, title=f"{title}, batch {args.batch or 1}, {args.dtype}"))
+    batch = 1 if args.batch is None else args.batch
+    console.print(model_bench_table(rows, title=f"{title}, batch {batch}, {args.dtype}"))
     if args.out:
         path = Path(args.out)
         path.mkdir(parents=True, exist_ok=True)
-        header = {"model": args.model, "config": config.to_dict(), "torch_version": torch.__version__}
+        device = resolve_device(args.device)
+        header = {
+            "model": args.model,
+            "config": config.to_dict(),
+            "torch_version": torch.__version__,
+            "device": str(device),
+            "device_name": describe_device(device),
+            "dtype": args.dtype,
+            "batch": batch,
+            "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens,
+            "min_run_time": 0.5 if args.min_run_time is None else args.min_run_time,
+            "seed": args.seed,
+            "num_threads": torch.get_num_threads(),
+        }
         payload = {"header": header, "rows": [asdict(row) for row in rows]}
         (path / "model_results.json").write_text(json.dumps(payload, indent=2, default=str))
         console.print(f"wrote {path / 'model_results.json'}")

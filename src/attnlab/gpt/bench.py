@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from rich.table import Table
 
+from ..bench.devices import is_out_of_memory
 from ..bench.timing import Timing, time_callable
 from ..registry import get_implementation, unsupported_reason
 from .config import GPTConfig
@@ -113,8 +114,9 @@ def benchmark_model(
         get_implementation(name)  # unknown names fail before any timing, with the list of valid ones
     device = torch.device(device)
     config = replace(config, dropout=0.0)  # eval mode ignores dropout; 0 lets implementations without it run
-    torch.manual_seed(seed)
-    state = export_state(GPTModel(config, attn_impl="fused_qkv"))  # one set of weights for every impl
+    with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's random state
+        torch.manual_seed(seed)
+        state = export_state(GPTModel(config, attn_impl="fused_qkv"))  # one set of weights for every impl
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=generator).to(device)  # (b, t)
     report = on_progress or (lambda done, total, description: None)
@@ -128,20 +130,26 @@ def benchmark_model(
             rows.append(ModelBenchRow(name, "skipped", decode_mode, note=reason))
             report(2 * index + 2, total, f"{name}: skipped ({reason})")
             continue
-        model = GPTModel(config, attn_impl=name)
-        load_state(model, state)
-        model = model.to(device=device, dtype=dtype).eval()
-        timings = []
-        for phase_index, (phase, fn) in enumerate(
-            (
+        try:
+            with torch.random.fork_rng(devices=[]):  # its random init is overwritten; keep the caller's RNG
+                model = GPTModel(config, attn_impl=name)
+            load_state(model, state)
+            model = model.to(device=device, dtype=dtype).eval()
+            phases = (
                 ("prefill", _prefill_fn(model, prompt, use_cache)),
                 ("decode", _decode_fn(model, prompt, new_tokens, use_cache)),
             )
-        ):
-            report(2 * index + phase_index, total, f"{name}: {phase} (warm-up, then timing)")
-            fn()  # warm-up, compilation included
-            timings.append(time_callable(fn, device, min_run_time=min_run_time, min_samples=min_samples))
-        prefill, decode = timings
+            timings = []
+            for phase_index, (phase, fn) in enumerate(phases):
+                report(2 * index + phase_index, total, f"{name}: {phase} (warm-up, then timing)")
+                fn()  # warm-up, compilation included
+                timings.append(time_callable(fn, device, min_run_time=min_run_time, min_samples=min_samples))
+            prefill, decode = timings
+            del model, phases
+        except Exception as error:  # one implementation failing must not end the run: it becomes a row
+            status = "oom" if is_out_of_memory(error) else "error"
+            rows.append(ModelBenchRow(name, status, decode_mode, note=f"{type(error).__name__}: {error}"[:300]))
+            continue
         rows.append(
             ModelBenchRow(
                 name,
@@ -153,7 +161,6 @@ def benchmark_model(
                 decode=decode,
             )
         )
-        del model
     report(total, total, "done")
     return rows
 
