@@ -78,3 +78,19 @@ def test_help_shows_an_example(capsys):
         main(["generate", "--help"])
     assert exit_info.value.code == 0
     assert "attnlab generate --weights ./gpt2 --prompt" in capsys.readouterr().out
+
+
+def test_stream_keeps_printing_after_decoding_changes_earlier_text(capsys):
+    from attnlab.cli.generate import _Stream
+
+    class Decoder:  # decodes ids to letters; id 9 renders as U+FFFD until another id follows it
+        def decode(self, ids):
+            text = "".join("?" if i == 9 else chr(ord("a") + i) for i in ids)
+            return text[:-1] + "\ufffd" if ids[-1] == 9 else text.replace("?", "z")
+
+    stream = _Stream(Decoder(), [9])  # the prompt itself ends in an incomplete character
+    for token in (0, 1):
+        stream.add(token)
+    stream.finish()
+    out = capsys.readouterr().out
+    assert out.endswith("ab")  # the new tokens are printed even though the prompt's text changed

@@ -87,5 +87,6 @@ def time_callable(
     if min_samples < 1:
         raise ValueError(f"min_samples must be at least 1, got {min_samples}")
     if _use_do_bench(device):
-        return _time_with_do_bench(fn, min_run_time=min_run_time)
+        with torch.cuda.device(device):  # do_bench's events and cache flush run on the current device
+            return _time_with_do_bench(fn, min_run_time=min_run_time)
     return _time_with_timer(fn, min_run_time=min_run_time, min_samples=min_samples)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..bench.devices import resolve_device
 from ..gpt import iter_generate, kv_cache_implementations, load_model
 from ..gpt.kv_cache import check_kv_cache_support
 from ..implementations import IMPLEMENTATIONS
@@ -49,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     parser.set_defaults(func=run)
 
 
@@ -92,9 +93,21 @@ class _Stream:
             print(f",{token_id}", end="", flush=True)
             return
         text = self.tokenizer.decode(self.prompt_ids + self.new_ids)
-        if not text.endswith("\ufffd") and text.startswith(self.printed):
-            print(text[len(self.printed) :], end="", flush=True)
-            self.printed = text
+        if not text.endswith("\ufffd"):  # wait while the last character is an incomplete UTF-8 sequence
+            self._emit(text)
+
+    def finish(self) -> None:
+        """Print whatever is still held back (a trailing incomplete character included)."""
+        if self.tokenizer is not None:
+            self._emit(self.tokenizer.decode(self.prompt_ids + self.new_ids))
+
+    def _emit(self, text: str) -> None:
+        # Normally ``text`` extends what is printed; if decoding changed earlier characters (a replacement
+        # character that later resolved), print from where the two differ, since printed text can't be undone.
+        same = (i for i, (old, new) in enumerate(zip(self.printed, text, strict=False)) if old != new)
+        start = next(same, min(len(self.printed), len(text)))  # length of the common prefix
+        print(text[start:], end="", flush=True)
+        self.printed = text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,12 +126,13 @@ def run(args: argparse.Namespace) -> int:
         prompt_ids = _parse_ids(args.ids)
 
     print(f"loading {args.weights} on {args.impl} ...", file=sys.stderr, flush=True)
-    model = load_model(args.weights, attn_impl=args.impl, dropout=0.0).to(args.device)  # inference only
+    device = resolve_device(args.device)  # an absent device is a clear error, before the load
+    model = load_model(args.weights, attn_impl=args.impl, dropout=0.0).to(device)  # inference only
     vocab_size = model.config.vocab_size
     if bad := [i for i in prompt_ids if not 0 <= i < vocab_size]:
         raise ValueError(f"token ids {bad} are outside the vocabulary [0, {vocab_size})")
-    idx = torch.tensor([prompt_ids], device=args.device)  # (1, t)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    idx = torch.tensor([prompt_ids], device=device)  # (1, t)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
 
     stream = _Stream(tokenizer, prompt_ids)
     start = time.perf_counter()
@@ -134,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         stream.add(int(token[0]))
     elapsed = time.perf_counter() - start
+    stream.finish()
     print(flush=True)
     mode = "no cache" if args.no_cache else "KV cache"
     num_new = len(stream.new_ids)

@@ -117,7 +117,8 @@ def _steps(
             next_token = next_token.masked_fill(finished, eos_id)
             finished |= next_token == eos_id
         yield next_token
-        if step == max_new_tokens - 1 or bool(finished.all()):
+        # (finished.all() syncs with the device, so it is only asked when there is an eos to stop at)
+        if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
             return
         if cache is not None:
             logits = model(next_token[:, None], cache)[:, -1]  # (b, vocab): the new token only
