@@ -12,12 +12,12 @@ clear error (its block mask cannot express rows without keys). The multi-head mo
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from ..availability import missing_packages_reason
 from .common import causal_mask
 from .flash_torch import flash_torch_attention
 from .flash_triton import flash_triton_attention
@@ -53,8 +53,7 @@ class Backend:
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run on this machine, or None when it can."""
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
-        return f"needs the missing package(s): {', '.join(missing)}" if missing else None
+        return missing_packages_reason(self.requires)
 
 
 BACKENDS: dict[str, Backend] = {

@@ -78,8 +78,8 @@ class _FlashAttentionTriton(torch.autograd.Function):
         b, h, t_q, head_dim = q.shape
         if b * h * t_q == 0 or k.shape[2] == 0:
             # Nothing to launch. With no keys every row sees no key: zeros, lse = +inf (see flash_torch).
-            out = q.new_zeros(b, h, t_q, head_dim)
-            lse = torch.full((b, h, t_q), float("inf"), dtype=torch.float32, device=q.device)
+            out = q.new_zeros(b, h, t_q, head_dim)  # (b, h, t_q, d)
+            lse = torch.full((b, h, t_q), float("inf"), dtype=torch.float32, device=q.device)  # (b, h, t_q)
         else:
             from ..kernels.launch import launch_forward
 

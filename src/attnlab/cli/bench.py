@@ -80,8 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model = parser.add_argument_group("whole-model benchmark (prefill and decode tokens/s of the GPT model)")
     model.add_argument("--model", choices=tuple(GPT_PRESETS), help="benchmark this GPT-2 size instead of one layer")
     model.add_argument("--layers", type=int, help="with --model: override the number of layers (smaller runs)")
-    model.add_argument("--prompt-len", type=int, default=128, help="with --model: prompt tokens (default: 128)")
-    model.add_argument("--new-tokens", type=int, default=32, help="with --model: decoded tokens (default: 32)")
+    model.add_argument("--prompt-len", type=int, help="with --model: prompt tokens (default: 128)")
+    model.add_argument("--new-tokens", type=int, help="with --model: decoded tokens (default: 32)")
     parser.set_defaults(func=run)
 
 
@@ -131,7 +131,7 @@ def _progress(console: Console) -> Progress:
 def run_model(args: argparse.Namespace) -> int:
     """``--model``: prefill and decode tokens/s of the whole GPT model on each implementation."""
     layer_only = {"--preset": args.preset, "--sweep": args.sweep, "--seq": args.seq_len, "--heads": args.num_heads}
-    layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None}
+    layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None, "--no-memory": args.no_memory or None}
     given = [flag for flag, value in layer_only.items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply with --model (use --prompt-len, --new-tokens, --layers)")
@@ -183,7 +183,12 @@ def run_model(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.model is not None:
+        args.prompt_len = 128 if args.prompt_len is None else args.prompt_len
+        args.new_tokens = 32 if args.new_tokens is None else args.new_tokens
         return run_model(args)
+    model_only = {"--layers": args.layers, "--prompt-len": args.prompt_len, "--new-tokens": args.new_tokens}
+    if given := [flag for flag, value in model_only.items() if value is not None]:
+        raise ValueError(f"{', '.join(given)} only apply with --model")
     config = config_from_args(args)
     console = _console()
     progress = _progress(console)

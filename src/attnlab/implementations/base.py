@@ -21,7 +21,6 @@ inside PyTorch.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -29,6 +28,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..availability import missing_packages_reason
 from ..weights import AttentionWeights
 from .kv_cache import LayerKVCache
 
@@ -49,8 +49,7 @@ class Capabilities:
 
     def unavailable_reason(self) -> str | None:
         """Why the implementation cannot run on this machine at all, or None."""
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
-        return f"needs the missing package(s): {', '.join(missing)}" if missing else None
+        return missing_packages_reason(self.requires)
 
     def unsupported_reason(self, device_type: str, mode: Mode = "forward") -> str | None:
         """Why the implementation cannot run on ``device_type`` in ``mode``, or None when it can."""

@@ -56,7 +56,7 @@ class EinsumAttention(MultiHeadAttentionBase):
         self.dropout = nn.Dropout(dropout)
         # The mask is derived from context_length, never learned: a buffer so it follows .to(device), and
         # non-persistent so checkpoints hold only learned weights and load at any context length.
-        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
+        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)  # (T, T)
         self.register_buffer("mask", mask, persistent=False)
 
     def _project(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

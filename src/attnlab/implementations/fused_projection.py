@@ -74,9 +74,9 @@ class FusedQKVBackendAttention(MultiHeadAttentionBase):
 
     def set_weights(self, weights: AttentionWeights) -> None:
         self.check_weights(weights)
-        copy_into(self.qkv.weight, torch.cat([weights.W_query, weights.W_key, weights.W_value]))
+        copy_into(self.qkv.weight, torch.cat([weights.W_query, weights.W_key, weights.W_value]))  # (3*d_out, d_in)
         if self.qkv_bias:
-            copy_into(self.qkv.bias, torch.cat([weights.b_query, weights.b_key, weights.b_value]))
+            copy_into(self.qkv.bias, torch.cat([weights.b_query, weights.b_key, weights.b_value]))  # (3*d_out,)
         copy_into(self.out_proj.weight, weights.W_out)
         copy_into(self.out_proj.bias, weights.b_out)
 

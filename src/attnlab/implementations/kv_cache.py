@@ -54,8 +54,8 @@ class LayerKVCache:
                 f"KV cache holds {self.length} tokens; adding {t} exceeds its max_tokens {self.max_tokens}"
             )
         end = self.length + t
-        self._keys[:, :, self.length : end] = keys
-        self._values[:, :, self.length : end] = values
+        self._keys[:, :, self.length : end] = keys  # (b, h, t, hd) into positions length..end
+        self._values[:, :, self.length : end] = values  # (b, h, t, hd)
         self.length = end
         return self._keys[:, :, :end], self._values[:, :, :end]  # (b, h, length, hd) each
 

@@ -49,7 +49,7 @@ class TorchMHAAttention(MultiHeadAttentionBase):
             self.mha.register_parameter("in_proj_bias", None)
         # True marks positions a query may NOT attend to (nn.MultiheadAttention's convention, the
         # opposite of SDPA's). Non-persistent: derived from context_length, not a learned weight.
-        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
+        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)  # (T, T)
         self.register_buffer("mask", mask, persistent=False)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
