@@ -69,8 +69,12 @@ def _decode_fn(model: GPTModel, prompt: torch.Tensor, new_tokens: int, use_cache
 
         return decode
 
+    # Like the cached path, start after the prompt's own pass: each of the new_tokens calls then runs one
+    # sequence of t + 1 ... t + new_tokens tokens, where the cached path runs one token against the cache.
+    first_token = model(prompt)[:, -1:].argmax(dim=-1)  # (b, 1)
+
     def recompute() -> None:
-        sequence = prompt  # (b, t)
+        sequence = torch.cat([prompt, first_token], dim=1)  # (b, t + 1)
         for _ in range(new_tokens):
             token = model(sequence)[:, -1:].argmax(dim=-1)  # (b, 1)
             sequence = torch.cat([sequence, token], dim=1)  # (b, t + 1)
