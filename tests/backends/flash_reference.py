@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 import torch
 
-from attnlab.backends.naive import naive_attention
+from attnlab.backends import BACKENDS
+
+naive_attention = BACKENDS["naive"]
 
 __all__ = [
     "assert_matches_reference",

@@ -14,7 +14,6 @@ measured with triton 3.6.0 and numpy 2.4), while float16 and float32 are exact t
 
 from __future__ import annotations
 
-import functools
 import os
 
 import pytest
@@ -26,8 +25,17 @@ from flash_reference import (
     run_with_grads,
 )
 
-from attnlab.backends.flash_triton import FlashTritonConfig, flash_triton_attention
+from attnlab.backends import BACKENDS, AttentionSpec
+from attnlab.backends.flash_triton import FlashTritonConfig
 from attnlab.kernels.config import KernelConfig
+
+flash_triton_attention = BACKENDS["flash_triton"]
+
+
+def with_config(config):
+    """flash_triton through the registry with explicit kernel block sizes."""
+    return lambda q, k, v, **options: flash_triton_attention.attend(q, k, v, AttentionSpec(**options), config=config)
+
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 before triton is imported"
@@ -40,7 +48,7 @@ MIXED = FlashTritonConfig(  # query and key blocks of different sizes, in both b
 
 
 def flash(config: FlashTritonConfig | None = SMALL):
-    return functools.partial(flash_triton_attention, config=config)
+    return with_config(config)
 
 
 @pytest.mark.parametrize("causal", [True, False])

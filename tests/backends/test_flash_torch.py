@@ -7,8 +7,6 @@ Small blocks (16 to 64) make every case cross several blocks, with ragged last t
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from flash_reference import (
@@ -18,13 +16,19 @@ from flash_reference import (
     run_with_grads,
 )
 
-from attnlab.backends.flash_torch import flash_torch_attention, flash_torch_forward
+from attnlab.backends import BACKENDS, AttentionSpec
+from attnlab.backends.flash_torch import flash_torch_forward
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def flash(block_m: int = 32, block_n: int = 16):
-    return functools.partial(flash_torch_attention, block_m=block_m, block_n=block_n)
+    """flash_torch through the registry, with small blocks so every case crosses several of them."""
+
+    def attend(q, k, v, **options):
+        return BACKENDS["flash_torch"].attend(q, k, v, AttentionSpec(**options), block_m=block_m, block_n=block_n)
+
+    return attend
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -75,8 +79,8 @@ def test_empty_batch():
 
 def test_forward_is_bitwise_repeatable():
     q, k, v, _ = make_inputs(2, 2, 100, 100, 32, seed=7)
-    first = flash_torch_attention(q, k, v)
-    assert all(torch.equal(first, flash_torch_attention(q, k, v)) for _ in range(2))
+    first = BACKENDS["flash_torch"](q, k, v)
+    assert all(torch.equal(first, BACKENDS["flash_torch"](q, k, v)) for _ in range(2))
 
 
 def test_log_sum_exp_is_saved_and_plus_infinity_for_rows_without_keys():
@@ -93,19 +97,17 @@ def test_log_sum_exp_is_saved_and_plus_infinity_for_rows_without_keys():
 def test_gradcheck_float64(t_q, t_k, causal):
     q, k, v, _ = make_inputs(1, 2, t_q, t_k, 4, dtype=torch.float64, seed=t_q * t_k)
     inputs = tuple(t.requires_grad_() for t in (q, k, v))
-    assert torch.autograd.gradcheck(
-        lambda *qkv: flash_torch_attention(*qkv, causal=causal, block_m=2, block_n=3), inputs
-    )
+    assert torch.autograd.gradcheck(lambda *qkv: flash(2, 3)(*qkv, causal=causal), inputs)
 
 
 def test_dropout_and_bad_block_sizes_are_refused():
     q, k, v, _ = make_inputs(1, 1, 4, 4, 8)
-    with pytest.raises(ValueError, match="no dropout"):
-        flash_torch_attention(q, k, v, dropout_p=0.1)
+    with pytest.raises(ValueError, match="does not support dropout"):
+        BACKENDS["flash_torch"](q, k, v, dropout_p=0.1)
     with pytest.raises(ValueError, match="block_m must be a positive integer, got 0"):
-        flash_torch_attention(q, k, v, block_m=0)
-    with pytest.raises(ValueError, match="must agree in batch, heads and head_dim"):
-        flash_torch_attention(q, k[..., :4], v[..., :4])
+        flash(0, 3)(q, k, v)
+    with pytest.raises(ValueError, match="must agree in batch and head_dim"):
+        BACKENDS["flash_torch"](q, k[..., :4], v[..., :4])
 
 
 @CUDA

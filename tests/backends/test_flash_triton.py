@@ -8,7 +8,6 @@ Error bounds: the issue's rule, see flash_reference.py.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import subprocess
@@ -24,10 +23,20 @@ from flash_reference import (
     run_with_grads,
 )
 
-from attnlab.backends.flash_triton import flash_triton_attention, unsupported_device_reason
+from attnlab.backends import BACKENDS, AttentionSpec
+from attnlab.backends.flash_triton import unsupported_device_reason
 from attnlab.kernels.config import FlashTritonConfig, KernelConfig, default_config
 
+flash_triton_attention = BACKENDS["flash_triton"]
+
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def with_config(config):
+    """flash_triton through the registry with explicit kernel block sizes."""
+    return lambda q, k, v, **options: flash_triton_attention.attend(q, k, v, AttentionSpec(**options), config=config)
+
+
 CUDA = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs CUDA and triton")
 CASES = Path(__file__).with_name("flash_triton_interpreter_cases.py")
 
@@ -66,7 +75,7 @@ def test_cpu_needs_the_interpreter(monkeypatch):
 
 def test_bad_inputs_are_refused():
     q, k, v, _ = make_inputs(1, 1, 4, 4, 16)
-    with pytest.raises(ValueError, match="no dropout"):
+    with pytest.raises(ValueError, match="does not support dropout"):
         flash_triton_attention(q, k, v, dropout_p=0.1)
     with pytest.raises(ValueError, match=r"supports float16, bfloat16, float32; got torch\.float64"):
         flash_triton_attention(q.double(), k.double(), v.double())
@@ -139,4 +148,4 @@ def test_cuda_other_block_configs(head_dim):
     ]:
         config = FlashTritonConfig(KernelConfig(*fwd), KernelConfig(*dq), KernelConfig(*dkdv))
         q, k, v, dout = make_inputs(1, 2, 333, 333, head_dim, dtype=torch.bfloat16, device="cuda")
-        assert_matches_reference(functools.partial(flash_triton_attention, config=config), q, k, v, dout, causal=True)
+        assert_matches_reference(with_config(config), q, k, v, dout, causal=True)

@@ -2,11 +2,17 @@
 
 Every backend is called the same way::
 
-    out = BACKENDS["naive"](q, k, v, causal=True, scale=None)  # q (b, h, t_q, d), k/v (b, h, t_k, d)
+    out = BACKENDS["naive"](q, k, v, causal=True, scale=None, window=None, softcap=None, sinks=None,
+                            alibi_slopes=None, seq_lens=None, return_lse=False, dropout_p=0.0)
+    # q (b, h, t_q, d), k/v (b, h_kv, t_k, d) -> (b, h, t_q, d), or (out, lse) with return_lse=True
 
-and follows one causal convention (bottom-right alignment, zeros for rows that see no key), documented
-in :mod:`attnlab.backends.common`; the one exception is ``flex``, which refuses causal t_q > t_k with a
-clear error (its block mask cannot express rows without keys). The multi-head modules in
+The keywords become one :class:`AttentionSpec` (exact semantics in :mod:`attnlab.backends.spec`);
+``Backend.attend(q, k, v, spec)`` takes one directly, which is how a layer reuses its spec. Each backend
+declares, in its own module, the optional features it does (``FEATURES``); asking a backend for one it
+does not do is a ``ValueError`` naming the feature and the backends that can, raised before any work.
+All follow one causal convention (bottom-right alignment, zeros for rows that see no key), documented in
+:mod:`attnlab.backends.common`; the one exception is ``flex``, which refuses causal t_q > t_k with a clear
+error (its block mask cannot express rows without keys). The multi-head modules in
 :mod:`attnlab.implementations` own the projections and hand the core to one of these.
 """
 
@@ -18,24 +24,23 @@ from dataclasses import dataclass
 import torch
 
 from ..availability import missing_packages_reason
+from . import flash_torch, flash_triton, flex, naive, sdpa
 from .common import causal_mask
-from .flash_torch import flash_torch_attention
-from .flash_triton import flash_triton_attention
-from .flex import flex_attention_backend
-from .naive import naive_attention
-from .sdpa import sdpa_attention, sdpa_mask_attention
+from .spec import FEATURES, AttentionSpec
 
-__all__ = ["BACKENDS", "Backend", "causal_mask"]
+__all__ = ["BACKENDS", "FEATURES", "AttentionSpec", "Backend", "backends_with", "causal_mask"]
+
+AttentionOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A registered attention core: the function plus what it can do and whether it runs here."""
+    """A registered attention core: the function, the optional features it does, and where it runs."""
 
     name: str
-    fn: Callable[..., torch.Tensor]
+    fn: Callable[..., AttentionOutput]  # fn(q, k, v, spec, **extras), inputs already checked
     summary: str
-    supports_dropout: bool = True
+    features: frozenset[str]  # names from FEATURES, declared in the backend's own module
     no_backward_on: tuple[str, ...] = ()  # device types without a backward pass
     requires: tuple[str, ...] = ()  # modules that must be importable
 
@@ -47,39 +52,89 @@ class Backend:
         *,
         causal: bool = True,
         scale: float | None = None,
+        window: int | None = None,
+        softcap: float | None = None,
+        sinks: torch.Tensor | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+        seq_lens: torch.Tensor | list[int] | tuple[int, ...] | None = None,
+        return_lse: bool = False,
         dropout_p: float = 0.0,
-    ) -> torch.Tensor:
-        return self.fn(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
+    ) -> AttentionOutput:
+        spec = AttentionSpec(
+            causal=causal,
+            scale=scale,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
+            alibi_slopes=alibi_slopes,
+            seq_lens=seq_lens,
+            return_lse=return_lse,
+            dropout_p=dropout_p,
+        )
+        return self.attend(q, k, v, spec)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec, **extras
+    ) -> AttentionOutput:
+        """Check the tensors against ``spec`` and this backend's features, then run it (``extras``: its tuning)."""
+        if not isinstance(spec, AttentionSpec):
+            raise ValueError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
+        spec.check(q, k, v)
+        self.check_features(spec.features(q, k))
+        return self.fn(q, k, v, spec, **extras)
+
+    def check_features(self, features: tuple[str, ...]) -> None:
+        """Raise ``ValueError`` naming the first feature this backend does not do, and who does."""
+        for feature in features:
+            if feature not in self.features:
+                able = backends_with(feature)
+                raise ValueError(
+                    f"the {self.name} backend does not support {feature}; backends that do: {', '.join(able) or 'none'}"
+                )
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run on this machine, or None when it can."""
         return missing_packages_reason(self.requires)
 
 
+def backends_with(feature: str) -> list[str]:
+    """Names of the registered backends that do ``feature`` (a name from :data:`FEATURES`)."""
+    if feature not in FEATURES:
+        raise ValueError(f"unknown attention feature {feature!r}; known: {', '.join(FEATURES)}")
+    return [name for name, backend in BACKENDS.items() if feature in backend.features]
+
+
 BACKENDS: dict[str, Backend] = {
-    "naive": Backend("naive", naive_attention, "matmul, mask, softmax, matmul (the readable reference)"),
-    "sdpa": Backend("sdpa", sdpa_attention, "F.scaled_dot_product_attention with is_causal (fused kernels)"),
+    "naive": Backend(
+        "naive", naive.naive_attention, "matmul, mask, softmax, matmul (the readable reference)", naive.FEATURES
+    ),
+    "sdpa": Backend(
+        "sdpa", sdpa.sdpa_attention, "F.scaled_dot_product_attention with is_causal (fused kernels)", sdpa.SDPA_FEATURES
+    ),
     "sdpa_mask": Backend(
-        "sdpa_mask", sdpa_mask_attention, "F.scaled_dot_product_attention with an explicit boolean mask"
+        "sdpa_mask",
+        sdpa.sdpa_mask_attention,
+        "F.scaled_dot_product_attention with an explicit boolean mask",
+        sdpa.SDPA_MASK_FEATURES,
     ),
     "flex": Backend(
         "flex",
-        flex_attention_backend,
+        flex.flex_attention_backend,
         "compiled FlexAttention with a causal block mask",
-        supports_dropout=False,
+        flex.FEATURES,
         no_backward_on=("cpu",),
     ),
     "flash_torch": Backend(
         "flash_torch",
-        flash_torch_attention,
+        flash_torch.flash_torch_attention,
         "FlashAttention-2 in plain PyTorch: tiled online softmax, recomputing backward",
-        supports_dropout=False,
+        flash_torch.FEATURES,
     ),
     "flash_triton": Backend(
         "flash_triton",
-        flash_triton_attention,
+        flash_triton.flash_triton_attention,
         "FlashAttention-2 Triton kernels (CUDA; the CPU only under TRITON_INTERPRET=1)",
-        supports_dropout=False,
+        flash_triton.FEATURES,
         requires=("triton",),
     ),
 }

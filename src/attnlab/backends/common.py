@@ -1,4 +1,7 @@
-"""Shared pieces of the core attention backends: input checks and the causal-mask convention.
+"""Shared pieces of the core attention backends: which keys a query may see, and the ALiBi distances.
+
+The options themselves and their checks live in :mod:`attnlab.backends.spec` (``AttentionSpec``). Here
+are the masks that the backends which materialise scores (``naive``, ``sdpa_mask``) build from a spec.
 
 Causal convention (every backend follows it): with ``t_q`` queries and ``t_k`` keys, the queries are
 the *last* ``t_q`` positions of the key sequence, so query ``i`` sees keys ``j <= i + (t_k - t_q)``.
@@ -9,49 +12,14 @@ When ``t_q > t_k`` the first ``t_q - t_k`` queries see no key at all: their outp
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["causal_mask", "check_attention_args", "check_qkv", "resolve_scale"]
+if TYPE_CHECKING:
+    from .spec import AttentionSpec
 
-
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless q is (b, h, t_q, d) and k, v are (b, h, t_k, d) with matching b, h, d."""
-    for name, tensor in (("q", q), ("k", k), ("v", v)):
-        if tensor.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, heads, tokens, head_dim), got shape {tuple(tensor.shape)}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    b, h, _, d = q.shape
-    if (k.shape[0], k.shape[1], k.shape[3]) != (b, h, d):
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head_dim")
-    if d < 1:
-        raise ValueError(f"head_dim must be at least 1, got {d}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if not q.is_floating_point():
-        raise ValueError(f"q, k and v must be floating point, got {q.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
-
-
-def check_attention_args(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float | None, dropout_p: float
-) -> None:
-    """Every backend's argument checks: the tensors (:func:`check_qkv`) and the options."""
-    check_qkv(q, k, v)
-    if not isinstance(causal, bool):
-        raise ValueError(f"causal must be True or False, got {causal!r}")
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p {dropout_p} must be in [0, 1)")
-
-
-def resolve_scale(q: torch.Tensor, scale: float | None) -> float:
-    """The softmax scale: ``1/sqrt(head_dim)`` unless given."""
-    return q.shape[-1] ** -0.5 if scale is None else scale
+__all__ = ["alibi_distance", "causal_mask", "visible_mask"]
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -60,3 +28,31 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | str | None = None) ->
     # last key.
     future = torch.ones(t_q, t_k, dtype=torch.bool, device=device).triu(diagonal=t_k - t_q + 1)  # (t_q, t_k)
     return ~future
+
+
+def _positions(t_q: int, t_k: int, device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions (t_q, 1) aligned bottom-right and key positions (1, t_k)."""
+    query_pos = torch.arange(t_q, device=device).unsqueeze(1) + (t_k - t_q)  # (t_q, 1)
+    key_pos = torch.arange(t_k, device=device).unsqueeze(0)  # (1, t_k)
+    return query_pos, key_pos
+
+
+def visible_mask(t_q: int, t_k: int, spec: AttentionSpec, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean (t_q, t_k) mask, True where a query may see a key: causal, window and packed sequences."""
+    query_pos, key_pos = _positions(t_q, t_k, device)
+    visible = torch.ones(t_q, t_k, dtype=torch.bool, device=device)  # (t_q, t_k)
+    if spec.causal:
+        visible &= key_pos <= query_pos
+    if spec.window is not None:
+        visible &= key_pos > query_pos - spec.window
+    if spec.seq_lens is not None:  # t_q == t_k: a token's sequence id is the number of starts at or before it
+        starts = torch.tensor(spec.seq_starts()[1:], device=device)  # (n - 1,)
+        seq_id = torch.bucketize(torch.arange(t_k, device=device), starts, right=True)  # (t,)
+        visible &= seq_id.unsqueeze(1) == seq_id.unsqueeze(0)
+    return visible
+
+
+def alibi_distance(t_q: int, t_k: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(t_q, t_k) float32 |p_i - j|: ALiBi subtracts ``slope * distance`` from each score."""
+    query_pos, key_pos = _positions(t_q, t_k, device)
+    return (query_pos - key_pos).abs().to(torch.float32)  # (t_q, t_k)

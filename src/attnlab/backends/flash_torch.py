@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_attention_args, check_qkv, resolve_scale
+from .spec import AttentionSpec, check_qkv
 
 __all__ = [
+    "FEATURES",
     "check_block_size",
     "default_block_size",
     "flash_torch_attention",
     "flash_torch_backward",
     "flash_torch_forward",
 ]
+
+#: The optional features of :class:`AttentionSpec` this backend does (the registry refuses the others).
+FEATURES: frozenset[str] = frozenset()
 
 #: Default query and key block size. On a CPU, 128 x 128 tiles batched over a group of heads keep the
 #: matmuls large while a group's working set stays near L2; see docs/flash-notes.md for the measurements.
@@ -112,7 +116,9 @@ def flash_torch_forward(
     t_k = k.shape[-2]
     acc_dtype = _accumulator_dtype(q.dtype)
     # The softmax scale is folded into q once, instead of into every score tile.
-    q_all = q.reshape(b * h, t_q, head_dim).to(acc_dtype) * resolve_scale(q, scale)  # (bh, t_q, d)
+    q_all = q.reshape(b * h, t_q, head_dim).to(acc_dtype) * AttentionSpec(scale=scale).scale_for(
+        head_dim
+    )  # (bh, t_q, d)
     k_all = k.reshape(b * h, t_k, head_dim).to(acc_dtype)  # (bh, t_k, d)
     v_all = v.reshape(b * h, t_k, head_dim).to(acc_dtype)  # (bh, t_k, d)
     out = torch.empty(b * h, t_q, head_dim, dtype=q.dtype, device=q.device)  # (bh, t_q, d)
@@ -191,7 +197,7 @@ def flash_torch_backward(
     b, h, t_q, head_dim = q.shape
     t_k = k.shape[-2]
     acc_dtype = lse.dtype
-    softmax_scale = resolve_scale(q, scale)
+    softmax_scale = AttentionSpec(scale=scale).scale_for(head_dim)
     q_all = q.reshape(b * h, t_q, head_dim).to(acc_dtype) * softmax_scale  # (bh, t_q, d), pre-scaled
     k_all = k.reshape(b * h, t_k, head_dim).to(acc_dtype)  # (bh, t_k, d)
     v_all = v.reshape(b * h, t_k, head_dim).to(acc_dtype)  # (bh, t_k, d)
@@ -284,22 +290,17 @@ def flash_torch_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    spec: AttentionSpec,
     *,
-    causal: bool = True,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
-    """FlashAttention in PyTorch on q (b, h, t_q, d), k/v (b, h, t_k, d) -> (b, h, t_q, d); no dropout.
+    """FlashAttention in PyTorch on q (b, h, t_q, d), k/v (b, h, t_k, d) -> (b, h, t_q, d).
 
     ``block_m`` / ``block_n``: query / key rows per tile (default: :func:`default_block_size`).
     """
-    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
-    if dropout_p != 0.0:
-        raise ValueError(f"flash_torch has no dropout; got dropout_p={dropout_p}, use 0.0")
     block_m = default_block_size(q.shape[0] * q.shape[1]) if block_m is None else block_m
     block_n = default_block_size(q.shape[0] * q.shape[1]) if block_n is None else block_n
     check_block_size("block_m", block_m)
     check_block_size("block_n", block_n)
-    return _FlashAttentionTorch.apply(q, k, v, causal, scale, block_m, block_n)
+    return _FlashAttentionTorch.apply(q, k, v, spec.causal, spec.scale, block_m, block_n)

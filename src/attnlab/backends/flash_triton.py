@@ -19,10 +19,18 @@ import os
 import torch
 
 from ..kernels.config import FlashTritonConfig, default_config
-from .common import check_attention_args, resolve_scale
+from .spec import AttentionSpec
 
-__all__ = ["FlashTritonConfig", "flash_triton_attention", "interpreter_requested", "unsupported_device_reason"]
+__all__ = [
+    "FEATURES",
+    "FlashTritonConfig",
+    "flash_triton_attention",
+    "interpreter_requested",
+    "unsupported_device_reason",
+]
 
+#: The optional features of :class:`AttentionSpec` these kernels do (the registry refuses the others).
+FEATURES: frozenset[str] = frozenset()
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
@@ -56,7 +64,7 @@ def _check_interpreter_active() -> None:
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """flash_triton's own limits, after the checks every backend makes (check_attention_args)."""
+    """flash_triton's own limits, after the checks every backend makes (AttentionSpec.check)."""
     if importlib.util.find_spec("triton") is None:
         raise ModuleNotFoundError("flash_triton needs the triton package: pip install 'attnlab[triton]'")
     if q.dtype not in SUPPORTED_DTYPES:
@@ -103,22 +111,17 @@ def flash_triton_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    spec: AttentionSpec,
     *,
-    causal: bool = True,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
     config: FlashTritonConfig | None = None,
 ) -> torch.Tensor:
-    """FlashAttention in Triton on q (b, h, t_q, d), k/v (b, h, t_k, d) -> (b, h, t_q, d); no dropout.
+    """FlashAttention in Triton on q (b, h, t_q, d), k/v (b, h, t_k, d) -> (b, h, t_q, d).
 
     ``config`` sets the kernels' block sizes, warps and pipeline stages (default: tuned per head dim).
     """
-    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
-    if dropout_p != 0.0:
-        raise ValueError(f"flash_triton has no dropout; got dropout_p={dropout_p}, use 0.0")
     _check_inputs(q, k, v)
     if config is None:
         config = default_config(q.shape[-1], q.device.type, q.dtype)
     elif not isinstance(config, FlashTritonConfig):
         raise ValueError(f"config must be a FlashTritonConfig, got {type(config).__name__}")
-    return _FlashAttentionTriton.apply(q, k, v, causal, float(resolve_scale(q, scale)), config)
+    return _FlashAttentionTriton.apply(q, k, v, spec.causal, spec.scale_for(q.shape[-1]), config)

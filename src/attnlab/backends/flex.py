@@ -1,8 +1,8 @@
 """FlexAttention (``torch.nn.attention.flex_attention``), compiled, with a causal block mask.
 
 The block mask is built for the input's lengths on the input's device and cached, since building
-it costs a pass over every block. FlexAttention has no dropout, and current PyTorch has no CPU
-backward for it: both are refused with a clear error instead of a deep traceback.
+it costs a pass over every block. FlexAttention has no dropout (the registry refuses it), and current
+PyTorch has no CPU backward for it: refused with a clear error instead of a deep traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import functools
 
 import torch
 
-from .common import check_attention_args
+from .spec import AttentionSpec
 
-__all__ = ["flex_attention_backend"]
+__all__ = ["FEATURES", "flex_attention_backend"]
+
+FEATURES = frozenset()
 
 
 @functools.cache
@@ -36,25 +38,14 @@ def _causal_block_mask(t_q: int, t_k: int, device: str):
     return create_block_mask(causal, B=None, H=None, Q_LEN=t_q, KV_LEN=t_k, device=device)
 
 
-def flex_attention_backend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-) -> torch.Tensor:
+def flex_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec) -> torch.Tensor:
     """Compiled FlexAttention on q (b, h, t_q, d), k/v (b, h, t_k, d)."""
-    check_attention_args(q, k, v, causal=causal, scale=scale, dropout_p=dropout_p)
-    if dropout_p != 0.0:
-        raise ValueError(f"flex attention has no dropout; got dropout_p={dropout_p}, use 0.0")
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError(
             "flex attention has no backward pass on the CPU in this PyTorch; run it under torch.no_grad() or on CUDA"
         )
     t_q, t_k = q.shape[-2], k.shape[-2]
-    if causal and t_q > t_k:
+    if spec.causal and t_q > t_k:
         raise ValueError(f"flex backend needs t_q <= t_k for causal attention, got t_q={t_q} > t_k={t_k}")
-    block_mask = _causal_block_mask(t_q, t_k, str(q.device)) if causal else None
-    return _compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale)  # (b, h, t_q, d)
+    block_mask = _causal_block_mask(t_q, t_k, str(q.device)) if spec.causal else None
+    return _compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=spec.scale)  # (b, h, t_q, d)
