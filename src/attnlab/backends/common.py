@@ -19,7 +19,7 @@ import torch
 if TYPE_CHECKING:
     from .spec import AttentionSpec
 
-__all__ = ["alibi_distance", "causal_mask", "visible_mask"]
+__all__ = ["alibi_distance", "causal_mask", "key_bounds", "visible_mask"]
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -50,6 +50,32 @@ def visible_mask(t_q: int, t_k: int, spec: AttentionSpec, device: torch.device |
         seq_id = torch.bucketize(torch.arange(t_k, device=device), starts, right=True)  # (t,)
         visible &= seq_id.unsqueeze(1) == seq_id.unsqueeze(0)
     return visible
+
+
+def key_bounds(
+    t_q: int, t_k: int, spec: AttentionSpec, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every visibility rule as one interval per query: query ``i`` sees exactly the keys ``lo[i] <= j <= hi[i]``.
+
+    Causal attention caps ``hi`` at the query's position, a window raises ``lo`` to ``p_i - w + 1``, and a packed
+    sequence clips both to the query's own sequence; ``hi < lo`` means the query sees no key. The tiled
+    (flash) backends need nothing else: a key tile ``[j0, j1)`` is skipped when it lies outside every row's
+    interval, and needs masking only when it is not inside all of them. Returns int64 ``lo``, ``hi`` (t_q,).
+    """
+    query_pos = torch.arange(t_q, device=device) + (t_k - t_q)  # (t_q,)
+    lo = torch.zeros(t_q, dtype=torch.int64, device=device)  # (t_q,)
+    hi = torch.full((t_q,), t_k - 1, dtype=torch.int64, device=device)  # (t_q,)
+    if spec.causal:
+        hi = torch.minimum(hi, query_pos)
+    if spec.window is not None:
+        lo = torch.maximum(lo, query_pos - spec.window + 1)
+    if spec.seq_lens is not None:  # t_q == t_k: clip to [start, end) of the query's own sequence
+        starts = torch.tensor(spec.seq_starts(), device=device)  # (n,)
+        ends = starts + torch.tensor(spec.seq_lens, device=device)  # (n,)
+        seq_id = torch.bucketize(query_pos, starts, right=True) - 1  # (t_q,)
+        lo = torch.maximum(lo, starts[seq_id])
+        hi = torch.minimum(hi, ends[seq_id] - 1)
+    return lo, hi
 
 
 def alibi_distance(t_q: int, t_k: int, device: torch.device | str | None = None) -> torch.Tensor:
