@@ -300,3 +300,8 @@ def test_state_shapes_are_those_export_state_writes():
     ):
         exported = {name: tuple(t.shape) for name, t in export_state(GPTModel(config, attn_impl="einsum")).items()}
         assert state_shapes(config) == exported
+
+
+def test_a_path_with_a_nul_character_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"weights directory 'a\\x00b' is not a valid path"):
+        load_model("a\x00b")

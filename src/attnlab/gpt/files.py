@@ -14,7 +14,6 @@ shape and dtype before any tensor data is read, so a config can be checked again
 from __future__ import annotations
 
 import json
-import math
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -64,12 +63,14 @@ def is_file(path: Path) -> bool:
     """Whether ``path`` is a regular file; False (not an ``OSError``) for unreadable or overlong paths."""
     try:
         return path.is_file()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL character in the name
         return False
 
 
 def check_directory(path: Path, what: str = "weights directory") -> None:
     """``ValueError`` unless ``path`` is an existing directory."""
+    if "\x00" in str(path):  # no file name may hold a NUL character
+        raise ValueError(f"{what} {one_line(repr(str(path)))} is not a valid path")
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except OSError as error:  # e.g. a name longer than the file system allows
@@ -115,10 +116,6 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str  # e.g. "float32", "int64", "bool", as the file names it in PyTorch's words where it can
     is_floating: bool
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
 
 class TensorFile:
