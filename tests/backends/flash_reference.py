@@ -3,9 +3,10 @@
 Not a test module (no ``test_`` prefix); the flash test files import it from this folder, which pytest
 puts on ``sys.path`` (rootdir-based "prepend" import mode, no ``__init__.py`` here).
 
-The rule (FlashAttention's): against a float64 reference, a backend's error is at most 2x the error of
-the ``naive`` backend computed in the same dtype for the output, and at most 3x for the gradients (dq,
-dk, dv and the sinks'), plus a floor for cases where naive happens to be exact (8 float32 ulps of the
+The rule (FlashAttention's): against the independent float64 reference (``reference_core_attention`` of
+:mod:`attnlab.reference`: loops over rows, no masks), a backend's error is at most 2x the error of the
+``naive`` backend computed in the same dtype for the output, and at most 3x for the gradients (dq, dk,
+dv and the sinks'), plus a floor for cases where naive happens to be exact (8 float32 ulps of the
 largest reference quantity of the call). The naive backend's own error measures what the dtype allows
 for this input on this CPU, so the bound adapts to the dtype, the CPU's matmul kernels and the size of
 the quantity (a dk summed over 800 queries is larger, and errs more, than an output row); a wrong mask or
@@ -24,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from attnlab.backends import BACKENDS
+from attnlab.reference import reference_core_attention
 
 __all__ = [
     "FLOOR",
@@ -31,6 +33,7 @@ __all__ = [
     "assert_rows_without_keys_are_zero",
     "make_inputs",
     "max_error",
+    "reference_attention",
     "reference_with_grads",
     "run_with_grads",
 ]
@@ -104,12 +107,20 @@ def run_with_grads(
     return (out.detach(), *grads) + (() if lse is None else (lse.detach(),))
 
 
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True, return_lse: bool = False, **options
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The float64 oracle called like a backend: out, or (out, lse) with ``return_lse``."""
+    out, lse = reference_core_attention(q, k, v, causal=causal, **options)
+    return (out, lse) if return_lse else out
+
+
 def reference_with_grads(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, causal: bool = True, **options
 ) -> tuple[torch.Tensor, ...]:
-    """The float64 oracle: :func:`run_with_grads` of the naive backend on float64 copies (CPU) of everything."""
+    """:func:`run_with_grads` of the float64 oracle on float64 copies (CPU) of everything."""
     as64 = [t.detach().double().cpu() for t in (q, k, v, dout)]
-    return run_with_grads(naive_attention, *as64, causal, **_as64(options))
+    return run_with_grads(reference_attention, *as64, causal, **_as64(options))
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -146,7 +157,7 @@ def assert_matches_reference(
     else:
         with torch.no_grad():
             as64 = [t.detach().double().cpu() for t in (q, k, v)]
-            reference = _as_tuple(naive_attention(*as64, causal=causal, **_as64(options)))
+            reference = _as_tuple(reference_attention(*as64, causal=causal, **_as64(options)))
             naive = _as_tuple(naive_attention(q, k, v, causal=causal, **options))
             actual = _as_tuple(fn(q, k, v, causal=causal, **options))
     assert actual[0].shape == reference[0].shape and actual[0].dtype == q.dtype

@@ -47,7 +47,7 @@ def alibi_slopes_for(h: int, dtype: torch.dtype = torch.float32) -> torch.Tensor
 
 def check(
     *,
-    b: int = 2,
+    b: int = 1,
     h: int = 4,
     h_kv: int | None = None,
     t_q: int = 70,
@@ -76,7 +76,7 @@ def check(
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("t", [1, 2, 17, 97, 113, 257])
+@pytest.mark.parametrize("t", [1, 2, 17, 97, 150])
 def test_sequence_lengths(t, causal):
     q, k, v, dout = make_inputs(2, 2, t, t, 32, seed=t)
     assert_matches_reference(flash(), q, k, v, dout, causal=causal)
@@ -84,7 +84,7 @@ def test_sequence_lengths(t, causal):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize(
-    ("t_q", "t_k"), [(1, 239), (3, 799), (127, 513), (1024, 1023), (239, 1), (799, 3), (513, 127), (1023, 1024)]
+    ("t_q", "t_k"), [(1, 239), (3, 799), (127, 513), (300, 299), (239, 1), (799, 3), (513, 127), (299, 300)]
 )
 def test_unequal_lengths(t_q, t_k, causal):
     q, k, v, dout = make_inputs(1, 2, t_q, t_k, 16, seed=t_q + t_k)
@@ -158,7 +158,7 @@ def test_one_feature(options):
 
 
 def test_gqa_window_softcap_sinks():
-    check(h=6, h_kv=2, window=7, softcap=30.0, sinks=True, input_scale=2.0, return_lse=True)
+    check(b=2, h=6, h_kv=2, window=7, softcap=30.0, sinks=True, input_scale=2.0, return_lse=True)
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -171,7 +171,7 @@ def test_packed_with_window():
 
 
 def test_packed_lengths_1_17_128_300():
-    check(b=1, h=2, t_q=446, seq_lens=[1, 17, 128, 300], blocks=(64, 32))
+    check(h=2, t_q=446, seq_lens=[1, 17, 128, 300], blocks=(64, 32))
 
 
 @pytest.mark.parametrize(("t_q", "t_k"), [(1, 100), (5, 100), (64, 100), (100, 64)])
@@ -220,7 +220,7 @@ HEAD_DIM_CASES = [
 
 @pytest.mark.parametrize(("head_dim", "options"), HEAD_DIM_CASES, ids=[str(d) for d, _ in HEAD_DIM_CASES])
 def test_head_dims(head_dim, options):
-    check(b=1, t_q=40, head_dim=head_dim, blocks=(16, 16), seed=head_dim, **options)
+    check(t_q=40, head_dim=head_dim, blocks=(16, 16), seed=head_dim, **options)
 
 
 # -- rows that see no key, and the returned lse ----------------------------------------------------------
