@@ -194,7 +194,8 @@ class _MaskTiles:
                 cols = torch.arange(j1 - j0)  # (bn,)
                 hidden = (cols[None, :] < rel_lo[:, None]) | (cols[None, :] > rel_hi[:, None])  # (bm, bn)
                 mask = torch.zeros(hidden.shape, dtype=self.dtype).masked_fill_(hidden, float("-inf"))  # (bm, bn)
-                self.by_pattern[pattern] = mask.repeat_interleave(self.group, dim=0).to(self.device)  # (g*bm, bn)
+                rows = mask.repeat_interleave(self.group, dim=0)  # (group*bm, bn): each query's row per head
+                self.by_pattern[pattern] = rows.to(self.device)
             self.by_tile[(i0, j0)] = self.by_pattern[pattern]
         return self.by_tile[(i0, j0)]
 
@@ -202,7 +203,7 @@ class _MaskTiles:
 # -- one score tile --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Scores:
     """What turns a tile of dot products into the spec's scores: softcap, ALiBi, the masks.
 
@@ -259,11 +260,11 @@ class _Scores:
 
 def _pack_queries(x: torch.Tensor, h_kv: int, dtype: torch.dtype, factor: float = 1.0) -> torch.Tensor:
     """(b, h, t, d) -> (b*h_kv, t*group, d) in ``dtype`` times ``factor``: row ``i*group + g`` is query ``i``
-    of the group's head ``g``. A copy (the input is left alone); for ``group == 1`` only a dtype change."""
+    of the group's head ``g``. Always a fresh tensor (the input is left alone)."""
     b, h, t, head_dim = x.shape
     group = h // h_kv
     packed = torch.empty(b, h_kv, t, group, head_dim, dtype=dtype, device=x.device)  # (b, h_kv, t, group, d)
-    packed.copy_(x.unflatten(1, (h_kv, group)).transpose(2, 3))
+    packed.copy_(x.unflatten(1, (h_kv, group)).transpose(2, 3))  # (b, h_kv, group, t, d) read as (b, h_kv, t, group, d)
     if factor != 1.0:
         packed.mul_(factor)
     return packed.view(b * h_kv, t * group, head_dim)
@@ -292,9 +293,9 @@ def _head_groups(num_heads: int, rows: int, block_n: int) -> list[slice]:
     return [slice(start, min(start + heads, num_heads)) for start in range(0, num_heads, heads)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Layout:
-    """The shapes of one call and the per-call objects shared by its passes."""
+    """The shapes of one call and the per-call objects its passes share: the tile plan and the score options."""
 
     b: int
     h: int
@@ -312,9 +313,11 @@ class _Layout:
 
     @property
     def group(self) -> int:
+        """Query heads per key/value head (GQA); 1 without GQA."""
         return self.h // self.h_kv
 
     def head_groups(self) -> list[slice]:
+        """The key/value heads that go through each tile's matmuls together."""
         return _head_groups(self.b * self.h_kv, self.block_m * self.group, self.block_n)
 
     def rows(self, m: int) -> tuple[int, int, slice]:
@@ -336,6 +339,7 @@ class _Layout:
 
 
 def _layout(q: torch.Tensor, k: torch.Tensor, spec: AttentionSpec, block_m: int, block_n: int) -> _Layout:
+    """Everything one call's forward and backward share, built once from the shapes and the spec."""
     b, h, t_q, head_dim = q.shape
     h_kv, t_k = k.shape[1], k.shape[2]
     group = h // h_kv
@@ -420,7 +424,7 @@ def _forward_heads(
         lse[:, rows] = lse_blk
 
 
-# -- backward: the dq pass and the dkdv pass ----------------------------------------------------------
+# -- backward: the dkdv pass, with the dq pass folded in ------------------------------------------------
 
 
 def _row_terms(
@@ -437,14 +441,15 @@ def _row_terms(
     ``dlse_i * exp(s_ij - lse_i) = dlse_i * P_ij * exp(normaliser_i - lse_i)`` to ``dS``, folded into delta.
     ``dsinks_rows = -P_sink_i * delta_i`` (summed per head by the caller).
     """
-    delta = (do_all * out_all).sum(dim=-1)  # (G, R)
-    has_key = lse != float("inf")  # (G, R)
+    delta = (do_all * out_all).sum(dim=-1)  # (b*h_kv, t_q*group)
+    has_key = lse != float("inf")  # (b*h_kv, t_q*group)
     normaliser, dsinks_rows = lse, None
     if sinks is not None:
-        normaliser = torch.where(has_key, torch.logaddexp(lse, sinks), float("inf"))  # (G, R)
-        dsinks_rows = -torch.exp(sinks - normaliser) * delta  # (G, R); P_sink = 0 on rows without keys
+        normaliser = torch.where(has_key, torch.logaddexp(lse, sinks), float("inf"))  # (b*h_kv, t_q*group)
+        dsinks_rows = -torch.exp(sinks - normaliser) * delta  # (b*h_kv, t_q*group); P_sink = 0 without keys
     if dlse is not None:
-        correction = dlse * torch.exp(normaliser - lse)  # (G, R); exp(...) = 1 / (1 - P_sink)
+        # exp(normaliser - lse) = 1 / (1 - P_sink): finite unless the sink takes all but e^-88 of a row's mass
+        correction = dlse * torch.exp(normaliser - lse)  # (b*h_kv, t_q*group)
         delta = delta - torch.where(has_key, correction, 0.0)
     return normaliser, delta, dsinks_rows
 
