@@ -32,7 +32,8 @@ def alibi_slopes(h: int, device: str = "cpu") -> torch.Tensor:
 
 
 def _lse_and_grads(fn: Fn, q, k, v, dout, weights, causal: bool, options: dict) -> tuple[torch.Tensor, ...]:
-    """lse, then the gradients (q, k, v[, sinks]) of ``<out, dout> + <lse, weights>`` over the rows with keys."""
+    """lse, then the gradients (q, k, v[, sinks]) of ``<out, dout> + <lse, weights>`` over the rows with keys
+    (``dout=None``: of the lse term alone, so the output gets no gradient at all)."""
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     leaves = [q, k, v]
     options = dict(options)
@@ -41,15 +42,17 @@ def _lse_and_grads(fn: Fn, q, k, v, dout, weights, causal: bool, options: dict) 
         leaves.append(options["sinks"])
     out, lse = fn(q, k, v, causal=causal, return_lse=True, **options)
     finite_lse = torch.where(torch.isfinite(lse), lse, 0.0)  # (b, h, t_q): -inf rows add nothing
-    loss = (out * dout).sum() + (finite_lse * weights).sum()
-    return (lse.detach(), *torch.autograd.grad(loss, leaves))
+    loss = (finite_lse * weights).sum() + (0.0 if dout is None else (out * dout).sum())
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)  # the lse alone does not depend on v
+    return (lse.detach(), *(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves, strict=True)))
 
 
 def assert_lse_matches_reference(fn: Fn, q, k, v, dout, *, causal: bool = True, **options) -> None:
     """The returned lse: float32, ``-inf`` exactly where the reference's is, else within 2x naive's error; the
-    gradients through it (with the output's) within 3x naive's error, both measured against float64."""
+    gradients through it (with the output's, unless ``dout`` is None) within 3x naive's error, both measured
+    against float64."""
     weights = torch.randn(q.shape[:3], generator=torch.Generator().manual_seed(1)).to(q.device)  # (b, h, t_q)
-    as64 = [t.detach().double().cpu() for t in (q, k, v, dout)]
+    as64 = [None if t is None else t.detach().double().cpu() for t in (q, k, v, dout)]
     options64 = {
         name: value.detach().double().cpu() if isinstance(value, torch.Tensor) else value
         for name, value in options.items()

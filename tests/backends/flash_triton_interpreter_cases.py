@@ -152,7 +152,7 @@ def test_softcap_30_with_inputs_scaled_by_five():
 
 
 def test_gqa_window_softcap_sinks_alibi_combined():
-    q, k, v, dout = make_inputs(1, 6, 45, 50, 24, h_kv=2, seed=9)
+    q, k, v, dout = make_inputs(1, 6, 45, 50, 24, h_kv=2, seed=9, contiguous=False)
     options = {"window": 19, "softcap": 5.0, "sinks": sinks_for(6, seed=9), "alibi_slopes": alibi_slopes(6)}
     assert_matches_reference(flash(MIXED), q, k, v, dout, causal=True, **options)
 
@@ -200,8 +200,17 @@ def test_rows_without_keys_with_window_and_sinks():
 def test_lse_and_its_gradient():
     q, k, v, dout = make_inputs(1, 4, 40, 25, 16, h_kv=2, seed=13)  # rows without keys: lse = -inf
     assert_lse_matches_reference(flash(MIXED), q, k, v, dout, causal=True, window=7, sinks=sinks_for(4))
-    q, k, v, dout = make_inputs(1, 2, 37, 37, 16, seed=14)
-    assert_lse_matches_reference(flash(), q, k, v, dout, causal=False, softcap=4.0, alibi_slopes=alibi_slopes(2))
+    q, k, v, _ = make_inputs(1, 2, 37, 37, 16, seed=14)  # the loss uses the lse alone: no output gradient
+    assert_lse_matches_reference(flash(), q, k, v, None, causal=False, softcap=4.0, alibi_slopes=alibi_slopes(2))
+
+
+def test_no_keys_at_all_with_sinks_and_lse():
+    q, k, v, _ = make_inputs(1, 2, 5, 0, 16)
+    sinks = sinks_for(2).requires_grad_()
+    out, lse = flash()(q, k, v, causal=False, sinks=sinks, return_lse=True)
+    (dsinks,) = torch.autograd.grad(out.sum(), sinks)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(dsinks, torch.zeros_like(dsinks))
+    assert lse.dtype == torch.float32 and (lse == float("-inf")).all()
 
 
 def test_key_tiles_outside_windows_and_sequences_are_skipped():
