@@ -94,7 +94,7 @@ def assert_unseen_tiles_are_skipped(
     with warnings.catch_warnings():  # queries that do see the NaN keys are NaN; the interpreter's NumPy says so
         warnings.simplefilter("ignore", RuntimeWarning)
         poisoned = run_with_grads(fn, q, poisoned_k, poisoned_v, dout, causal, **options)
-    other_keys = torch.ones(k.shape[2], dtype=torch.bool)
+    other_keys = torch.ones(k.shape[2], dtype=torch.bool, device=k.device)
     other_keys[keys] = False
     for name, index in (("out", 0), ("dq", 1)):
         got, want = poisoned[index][:, :, rows], clean[index][:, :, rows]
