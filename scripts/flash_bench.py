@@ -130,6 +130,7 @@ def flex_for(t: int, device: str) -> Callable[..., torch.Tensor]:
 
 def tune(q, k, v, dout, bench: Bench, dry_run: bool) -> tuple[FlashTritonConfig, dict]:
     """Time each kernel alone over its candidates; return the fastest configuration and every timing."""
+    from attnlab.kernels.features import KernelFeatures
     from attnlab.kernels.launch import launch_backward_dkdv, launch_backward_dq, launch_forward
 
     head_dim = q.shape[-1]
@@ -151,13 +152,14 @@ def tune(q, k, v, dout, bench: Bench, dry_run: bool) -> tuple[FlashTritonConfig,
         ok = [(row["ms"], config) for row, config in zip(rows, candidates[kind], strict=True) if "ms" in row]
         return min(ok, key=lambda pair: pair[0])[1] if ok else getattr(best, kind)
 
+    causal = KernelFeatures(causal=True)
     with torch.no_grad():
-        best = replace(best, fwd=pick("fwd", lambda c: launch_forward(q, k, v, True, scale, c)))
-        out, lse = launch_forward(q, k, v, True, scale, best.fwd)
-        best = replace(best, dq=pick("dq", lambda c: launch_backward_dq(dout, q, k, v, out, lse, True, scale, c)))
-        _, delta = launch_backward_dq(dout, q, k, v, out, lse, True, scale, best.dq)
+        best = replace(best, fwd=pick("fwd", lambda c: launch_forward(q, k, v, causal, scale, c)))
+        out, lse = launch_forward(q, k, v, causal, scale, best.fwd)
+        best = replace(best, dq=pick("dq", lambda c: launch_backward_dq(dout, q, k, v, out, lse, causal, scale, c)))
+        _, delta = launch_backward_dq(dout, q, k, v, out, lse, causal, scale, best.dq)
         best = replace(
-            best, dkdv=pick("dkdv", lambda c: launch_backward_dkdv(dout, q, k, v, lse, delta, True, scale, c))
+            best, dkdv=pick("dkdv", lambda c: launch_backward_dkdv(dout, q, k, v, lse, delta, causal, scale, c))
         )
     return best, timings
 
