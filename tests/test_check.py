@@ -1,10 +1,14 @@
 """check_implementations: passes correct implementations and catches a wrong one."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from attnlab import IMPLEMENTATIONS
-from attnlab.check import FORWARD_TOL, check_implementations
+from attnlab import BACKENDS, IMPLEMENTATIONS
+from attnlab.check import FORWARD_TOL, GRAD_TOL, check_implementations
+from attnlab.implementations.einsum import EinsumAttention
+from attnlab.implementations.fused_qkv import FusedQKVAttention
 from attnlab.implementations.sdpa import SDPAAttention
 
 
@@ -44,3 +48,43 @@ def test_a_wrong_implementation_fails(monkeypatch):
 def test_unknown_name_fails_before_any_work():
     with pytest.raises(ValueError, match="unknown attention implementation 'bogus'"):
         check_implementations(["sdpa", "bogus"])
+
+
+OPTIONS = {"num_kv_heads": 2, "window": 3, "softcap": 2.0, "sinks": True}
+
+
+def test_the_modern_options_pass_or_are_skipped_with_a_reason():
+    names = ["wrapper", "ch03", "einsum", "fused_qkv", "sdpa"]
+    results = {r.name: r for r in check_implementations(names, seq_len=6, **OPTIONS)}
+    for name in ("einsum", "fused_qkv"):
+        assert results[name].status == "pass", results[name]
+        assert results[name].weight_grad_err is not None and results[name].weight_grad_err <= GRAD_TOL
+    for name, option in (("wrapper", "num_kv_heads"), ("ch03", "num_kv_heads"), ("sdpa", "window")):
+        assert results[name].status == "skipped" and results[name].note == f"does not support {option}"
+
+
+class _IgnoresSinks(FusedQKVAttention):
+    """A deliberately wrong implementation: it has a sinks parameter but never passes it to the backend."""
+
+    def _attend_heads(self, queries, keys, values):
+        context_vec = BACKENDS[self.backend].attend(queries, keys, values, self.spec)  # (b, h, t, hd), no sinks
+        return self.out_proj(self.merge_heads(context_vec))
+
+
+class _ExportsNoSinks(EinsumAttention):
+    """A deliberately wrong implementation: right forward, but its exported gradients leave the sinks out."""
+
+    def _export(self, pick):
+        return dataclasses.replace(super()._export(pick), sinks=None)
+
+
+def test_ignoring_the_sinks_fails(monkeypatch):
+    monkeypatch.setitem(IMPLEMENTATIONS, "ignores_sinks", _IgnoresSinks)
+    (result,) = check_implementations(["ignores_sinks"], seq_len=6, sinks=True)
+    assert result.status == "fail" and result.forward_err > 1e-3
+
+
+def test_a_missing_sinks_gradient_fails(monkeypatch):
+    monkeypatch.setitem(IMPLEMENTATIONS, "exports_no_sinks", _ExportsNoSinks)
+    (result,) = check_implementations(["exports_no_sinks"], seq_len=6, sinks=True)
+    assert result.status == "fail" and result.weight_grad_err == float("inf")

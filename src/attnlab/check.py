@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .implementations.base import requested_features
 from .reference import reference_attention
 from .registry import build, get_implementation, unsupported_reason
 from .weights import AttentionWeights
@@ -46,11 +47,15 @@ def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def _weights_error(actual: AttentionWeights, expected: AttentionWeights) -> float:
-    errors = [
-        max_abs_error(getattr(actual, f.name), getattr(expected, f.name))
-        for f in fields(AttentionWeights)
-        if getattr(expected, f.name) is not None
-    ]
+    """The largest error over every field the reference has (``sinks`` included); a field that the
+    implementation lacks, or has where the reference has none, is an infinite error, never skipped."""
+    errors = []
+    for f in fields(AttentionWeights):
+        got, want = getattr(actual, f.name), getattr(expected, f.name)
+        if (got is None) != (want is None):
+            errors.append(float("inf"))
+        elif want is not None:
+            errors.append(max_abs_error(got, want))
     return max(errors)
 
 
@@ -66,12 +71,24 @@ def check_implementations(
     seed: int = 0,
     device: str = "cpu",
     on_result: Callable[[CheckResult], None] | None = None,
+    num_kv_heads: int | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: bool = False,
 ) -> list[CheckResult]:
-    """Check each named implementation in float32 against the float64 reference on one random input."""
+    """Check each named implementation in float32 against the float64 reference on one random input.
+
+    ``num_kv_heads``, ``window``, ``softcap`` and ``sinks`` are the modules' options (grouped-query attention, a
+    sliding window, softcapping, learned sinks, here random); an implementation that cannot do one of them is
+    a "skipped" row saying so.
+    """
     for name in names:
         get_implementation(name)  # unknown names fail before any work
     generator = torch.Generator().manual_seed(seed)
-    weights = AttentionWeights.random(d_in, d_out, qkv_bias, generator=generator)
+    # Without num_kv_heads and sinks, these are exactly the weights that earlier versions drew.
+    weights = AttentionWeights.random(
+        d_in, d_out, qkv_bias, num_heads=num_heads, num_kv_heads=num_kv_heads, sinks=sinks, generator=generator
+    )
     x = torch.randn(batch, seq_len, d_in, generator=generator)  # (b, t, d_in)
     upstream = torch.randn(batch, seq_len, d_out, generator=generator)  # (b, t, d_out) gradient of the loss
 
@@ -79,13 +96,16 @@ def check_implementations(
     ref_x = x.to(torch.float64).requires_grad_()
     ref_w = weights.to(dtype=torch.float64)
     ref_w = ref_w.map_tensors(lambda t: t.requires_grad_())
-    ref_out = reference_attention(ref_x, ref_w, num_heads)  # (b, t, d_out)
+    options = {"num_kv_heads": num_kv_heads, "window": window, "softcap": softcap}
+    ref_out = reference_attention(ref_x, ref_w, num_heads, **options)  # (b, t, d_out)
     (ref_out * upstream.to(torch.float64)).sum().backward()
     ref_w_grads = ref_w.map_tensors(lambda t: t.grad)
 
     results = []
     for name in names:
-        result = _check_one(name, weights, x, upstream, ref_out, ref_x.grad, ref_w_grads, num_heads, device)
+        result = _check_one(
+            name, weights, x, upstream, ref_out, ref_x.grad, ref_w_grads, num_heads, device, options | {"sinks": sinks}
+        )
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -102,9 +122,11 @@ def _check_one(
     ref_w_grads: AttentionWeights,
     num_heads: int,
     device: str,
+    options: dict,
 ) -> CheckResult:
     device_type = torch.device(device).type
-    if (reason := unsupported_reason(name, device_type, "forward")) is not None:
+    features = requested_features(num_heads=num_heads, **options)
+    if (reason := unsupported_reason(name, device_type, "forward", features)) is not None:
         return CheckResult(name, "skipped", note=reason)
     module = build(
         name,
@@ -113,6 +135,7 @@ def _check_one(
         num_heads=num_heads,
         context_length=x.shape[1],
         qkv_bias=weights.qkv_bias,
+        **options,
     ).to(device)
     module.eval()
     module.set_weights(weights.to(device=device))

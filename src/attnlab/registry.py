@@ -7,15 +7,18 @@ and never name a class.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .backends import BACKENDS, Backend
 from .implementations import IMPLEMENTATIONS, MultiHeadAttentionBase
-from .implementations.base import Mode
+from .implementations.base import FEATURE_OPTIONS, Mode, UnsupportedFeatureError
 
 __all__ = [
     "available_implementations",
     "build",
     "get_backend",
     "get_implementation",
+    "implementations_with",
     "unsupported_reason",
 ]
 
@@ -43,23 +46,56 @@ def build(
     context_length: int,
     dropout: float = 0.0,
     qkv_bias: bool = False,
+    num_kv_heads: int | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sinks: bool = False,
 ) -> MultiHeadAttentionBase:
-    """Construct the implementation registered as ``name`` (all take the same arguments)."""
-    return get_implementation(name)(
-        d_in=d_in,
-        d_out=d_out,
-        num_heads=num_heads,
-        context_length=context_length,
-        dropout=dropout,
-        qkv_bias=qkv_bias,
-    )
+    """Construct the implementation registered as ``name`` (all take the same arguments).
+
+    An option the implementation cannot do is a ``ValueError`` naming it and the implementations that can.
+    """
+    cls = get_implementation(name)
+    try:
+        return cls(
+            d_in=d_in,
+            d_out=d_out,
+            num_heads=num_heads,
+            context_length=context_length,
+            dropout=dropout,
+            qkv_bias=qkv_bias,
+            num_kv_heads=num_kv_heads,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
+        )
+    except UnsupportedFeatureError as error:
+        able = ", ".join(implementations_with(error.feature)) or "none"
+        raise ValueError(
+            f"{name} does not support {error.option}; got {error.option}={error.value!r}; implementations that do: "
+            f"{able}"
+        ) from None
 
 
-def unsupported_reason(name: str, device_type: str = "cpu", mode: Mode = "forward") -> str | None:
-    """Why implementation ``name`` cannot run on ``device_type`` in ``mode`` here, or None if it can."""
-    return get_implementation(name).capabilities.unsupported_reason(device_type, mode)
+def implementations_with(feature: str) -> list[str]:
+    """Names of the implementations whose design can do ``feature`` (a key of ``FEATURE_OPTIONS``: "gqa",
+    "window", "softcap", "sinks", "dropout"), wherever they run."""
+    if feature not in FEATURE_OPTIONS:
+        raise ValueError(f"unknown implementation feature {feature!r}; known: {', '.join(FEATURE_OPTIONS)}")
+    return [name for name, cls in IMPLEMENTATIONS.items() if feature in cls.capabilities.features]
 
 
-def available_implementations(device_type: str = "cpu", mode: Mode = "forward") -> list[str]:
-    """Names of the implementations that can run on ``device_type`` in ``mode`` on this machine."""
-    return [name for name in IMPLEMENTATIONS if unsupported_reason(name, device_type, mode) is None]
+def unsupported_reason(
+    name: str, device_type: str = "cpu", mode: Mode = "forward", features: Iterable[str] = ()
+) -> str | None:
+    """Why implementation ``name`` cannot run on ``device_type`` in ``mode`` with ``features`` (keys of
+    ``FEATURE_OPTIONS``, e.g. from :func:`~attnlab.implementations.base.requested_features`) here, or None."""
+    return get_implementation(name).capabilities.unsupported_reason(device_type, mode, features)
+
+
+def available_implementations(
+    device_type: str = "cpu", mode: Mode = "forward", features: Iterable[str] = ()
+) -> list[str]:
+    """Names of the implementations that can run on ``device_type`` in ``mode`` with ``features`` here."""
+    features = tuple(features)
+    return [name for name in IMPLEMENTATIONS if unsupported_reason(name, device_type, mode, features) is None]

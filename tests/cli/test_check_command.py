@@ -23,3 +23,11 @@ def test_help_shows_an_example(capsys):
         main(["check", "--help"])
     assert exit_info.value.code == 0
     assert "example: attnlab check" in capsys.readouterr().out
+
+
+def test_check_takes_the_modern_options_and_skips_with_a_reason(capsys):
+    argv = ["check", "--impl", "einsum,wrapper", "--seq-len", "5", "--d-in", "6", "--d-out", "8", "--heads", "4"]
+    assert main([*argv, "--kv-heads", "2", "--window", "3", "--softcap", "2.5", "--sinks"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the title may wrap
+    assert out.count("pass") == 1 and out.count("skipped") == 1
+    assert "4 heads, kv heads 2, window 3, softcap 2.5, sinks (tolerance" in out

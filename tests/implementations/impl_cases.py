@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from attnlab import AttentionWeights
+from attnlab.implementations.base import requested_features
 from attnlab.reference import reference_attention
 from attnlab.registry import available_implementations, build, get_implementation
 
@@ -31,15 +32,33 @@ class Case:
     num_heads: int
     qkv_bias: bool
     context_length: int
+    # The modern options (defaults: plain multi-head attention).
+    num_kv_heads: int | None = None
+    window: int | None = None
+    softcap: float | None = None
+    sinks: bool = False
+
+    @property
+    def options(self) -> dict:
+        """The module options beyond the classic ones (as build() and the reference take them)."""
+        return {"num_kv_heads": self.num_kv_heads, "window": self.window, "softcap": self.softcap}
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return requested_features(num_heads=self.num_heads, sinks=self.sinks, **self.options)
 
     def __str__(self):
-        return (
+        text = (
             f"b{self.batch}-t{self.seq_len}-din{self.d_in}-dout{self.d_out}-h{self.num_heads}"
             f"-bias{int(self.qkv_bias)}-ctx{self.context_length}"
         )
+        for label, value in (("kv", self.num_kv_heads), ("win", self.window), ("cap", self.softcap)):
+            text += "" if value is None else f"-{label}{value}"
+        return text + ("-sinks" if self.sinks else "")
 
 
-def make_module(name, weights: AttentionWeights, num_heads: int, context_length: int, dropout=0.0):
+def make_module(name, weights: AttentionWeights, num_heads: int, context_length: int, dropout=0.0, **options):
+    """Build ``name`` with ``options`` (num_kv_heads, window, softcap; sinks follow the weights) and load weights."""
     module = build(
         name,
         d_in=weights.d_in,
@@ -48,6 +67,8 @@ def make_module(name, weights: AttentionWeights, num_heads: int, context_length:
         context_length=context_length,
         dropout=dropout,
         qkv_bias=weights.qkv_bias,
+        sinks=weights.has_sinks,
+        **options,
     )
     module.set_weights(weights)
     return module
@@ -65,7 +86,10 @@ def scaled_error(actual: torch.Tensor, expected: torch.Tensor, scale: float | No
 # Measured on an Intel Xeon over the fixed shapes and 400 random ones per implementation: at most 7e-7 for
 # outputs and 6e-7 for gradients (float32's unit roundoff is 6e-8; reductions here have a few dozen terms).
 # 1e-5 leaves 14x headroom for other CPUs' kernels (the errors scale with the magnitudes, which the division
-# removes), while a wrong mask, scale or head split errs by 1e-2 or more.
+# removes), while a wrong mask, scale or head split errs by 1e-2 or more. With the modern options (GQA, window,
+# softcap, sinks; 600 random cases over ch03, einsum, fused_qkv, sdpa, sdpa_mask): at most 5.1e-7, the same
+# order, since they add one tanh or one softmax term per score; ignoring an option errs by > 1e-2
+# (test_variants.test_each_option_changes_the_function).
 OUTPUT_TOL = 1e-5
 GRAD_TOL = 1e-5
 
@@ -79,18 +103,29 @@ def compare_with_reference(name: str, case: Case, seed: int = 0):
     scale; one gradient can be tiny or exactly zero by cancellation (b_key's always is: a bias added to every
     key shifts a query's scores equally; W_query's when each query sees a single key), and its own maximum
     would then divide float32 noise by ~0.
+
+    The case's modern options go to the module and the reference alike: W_key/W_value are (d_kv, d_in) with
+    GQA, and with sinks their gradient (num_heads,) is compared like every weight's.
     """
     gen = torch.Generator().manual_seed(seed)
-    weights = AttentionWeights.random(case.d_in, case.d_out, case.qkv_bias, generator=gen)
+    weights = AttentionWeights.random(
+        case.d_in,
+        case.d_out,
+        case.qkv_bias,
+        num_heads=case.num_heads,
+        num_kv_heads=case.num_kv_heads,
+        sinks=case.sinks,
+        generator=gen,
+    )
     x = torch.randn(case.batch, case.seq_len, case.d_in, generator=gen)  # (b, t, d_in)
     upstream = torch.randn(case.batch, case.seq_len, case.d_out, generator=gen)  # dL/d(out)
 
     ref_x = x.double().requires_grad_()
     ref_w = weights.to(dtype=torch.float64).map_tensors(lambda t: t.requires_grad_())
-    ref_out = reference_attention(ref_x, ref_w, case.num_heads)
+    ref_out = reference_attention(ref_x, ref_w, case.num_heads, **case.options)
     (ref_out * upstream.double()).sum().backward()
 
-    module = make_module(name, weights, case.num_heads, case.context_length).eval()
+    module = make_module(name, weights, case.num_heads, case.context_length, **case.options).eval()
     if not supports_backward(name):
         with torch.no_grad():
             out = module(x)
@@ -104,7 +139,7 @@ def compare_with_reference(name: str, case: Case, seed: int = 0):
     (out * upstream).sum().backward()
 
     grads = module.get_weight_grads()
-    fields = ("W_query", "W_key", "W_value", "W_out", "b_out", "b_query", "b_key", "b_value")
+    fields = ("W_query", "W_key", "W_value", "W_out", "b_out", "b_query", "b_key", "b_value", "sinks")
     ref_grads = {"x": ref_x.grad} | {f: getattr(ref_w, f).grad for f in fields if getattr(ref_w, f) is not None}
     grad_scale = max(g.abs().max().item() for g in ref_grads.values())
     for field in fields:

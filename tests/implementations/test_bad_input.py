@@ -72,6 +72,22 @@ def test_empty_sequence(name):
         ({"qkv_bias": "no"}, "qkv_bias must be True or False, got 'no'"),
         ({"qkv_bias": 1}, "qkv_bias must be True or False, got 1"),
         ({"qkv_bias": None}, "qkv_bias must be True or False, got None"),
+        # the modern options: checked (for every implementation) before asking whether it can do them
+        ({"num_kv_heads": 3}, "num_kv_heads 3 must divide num_heads 2"),
+        ({"num_kv_heads": 0}, "num_kv_heads must be None or a positive integer, got 0"),
+        ({"num_kv_heads": True}, "num_kv_heads must be None or a positive integer, got True"),
+        ({"num_kv_heads": 1.0}, "num_kv_heads must be None or a positive integer, got 1.0"),
+        ({"window": 0}, "window must be None or a positive integer (keys a query sees, itself included), got 0"),
+        ({"window": 2.5}, "window must be None or a positive integer (keys a query sees, itself included), got 2.5"),
+        ({"window": True}, "window must be None or a positive integer (keys a query sees, itself included), got True"),
+        ({"softcap": 0}, "softcap must be None or a finite number > 0, got 0"),
+        ({"softcap": -1.0}, "softcap must be None or a finite number > 0, got -1.0"),
+        ({"softcap": float("inf")}, "softcap must be None or a finite number > 0, got inf"),
+        ({"softcap": float("nan")}, "softcap must be None or a finite number > 0, got nan"),
+        ({"softcap": True}, "softcap must be None or a finite number > 0, got True"),
+        ({"softcap": "1"}, "softcap must be None or a finite number > 0, got '1'"),
+        ({"sinks": 1}, "sinks must be True or False, got 1"),
+        ({"sinks": None}, "sinks must be True or False, got None"),
     ],
 )
 def test_invalid_configuration(name, overrides, message):
@@ -102,6 +118,31 @@ def test_weights_that_are_not_floating_point_are_refused_not_cast(name, field, d
     assert all(torch.equal(getattr(before, f), getattr(after, f)) for f in ("W_query", "W_key", "b_out", "b_value"))
 
 
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_weights_of_another_key_value_width_are_refused(name):
+    module = make(name)  # 2 heads of 4: d_kv = 8
+    gqa = AttentionWeights.random(8, 8, num_heads=2, num_kv_heads=1)  # d_kv = 4
+    with pytest.raises(ValueError, match=re.escape("weights have key/value width d_kv=4; this module has d_kv=8")):
+        module.set_weights(gqa)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_sinks_in_the_weights_are_never_dropped(name):
+    module = make(name)
+    with_sinks = AttentionWeights.random(8, 8, num_heads=2, sinks=True)
+    with pytest.raises(ValueError, match=re.escape("weights carry sinks; this module was built with sinks=False")):
+        module.set_weights(with_sinks)
+
+
+def test_a_module_with_sinks_needs_weights_with_sinks_of_its_heads():
+    module = make("einsum", sinks=True)
+    with pytest.raises(ValueError, match=re.escape("weights have no sinks; this module was built with sinks=True")):
+        module.set_weights(AttentionWeights.random(8, 8))
+    four_heads = AttentionWeights.random(8, 8, num_heads=4, sinks=True)  # valid weights, but 4 sinks for 2 heads
+    with pytest.raises(ValueError, match=re.escape("weights.sinks has shape (4,); this module has 2 heads")):
+        module.set_weights(four_heads)
+
+
 def test_torch_mha_needs_equal_widths():
     for name in ("torch_mha", "torch_mha_fast"):
         with pytest.raises(ValueError, match="needs d_in == d_out, got d_in 6 and d_out 8"):
@@ -109,7 +150,7 @@ def test_torch_mha_needs_equal_widths():
 
 
 def test_flex_refuses_dropout_up_front():
-    with pytest.raises(ValueError, match=re.escape("FlexAttention does not support dropout; got dropout=0.1")):
+    with pytest.raises(ValueError, match=re.escape("flex does not support dropout; got dropout=0.1; implementations")):
         make("flex", dropout=0.1)
 
 

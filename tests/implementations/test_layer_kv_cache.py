@@ -45,6 +45,57 @@ def test_chunks_through_the_cache_equal_one_full_pass(name):
     assert ((cached - full).abs().max() / full.abs().max()).item() <= TOL
 
 
+def _options_it_supports(name: str) -> dict:
+    """GQA 8:2, a window of 3, softcap 0.5 and sinks: those that ``name`` declares."""
+    features = IMPLEMENTATIONS[name].capabilities.features
+    return {
+        "num_kv_heads": 2 if "gqa" in features else None,
+        "window": 3 if "window" in features else None,
+        "softcap": 0.5 if "softcap" in features else None,
+        "sinks": "sinks" in features,
+    }
+
+
+@pytest.mark.parametrize("name", FAST_WITH_CACHE)
+def test_decoding_with_gqa_window_softcap_and_sinks_equals_one_full_pass(name):
+    # The window counts back from each query's absolute position, so the chunks (and the single-token steps)
+    # must see exactly the keys the full pass shows each query; GQA keeps 2 key/value heads in the cache.
+    options = _options_it_supports(name)
+    if not any(options.values()):
+        pytest.skip(f"{name} supports none of num_kv_heads, window, softcap, sinks")
+    generator = torch.Generator().manual_seed(0)
+    weights = AttentionWeights.random(
+        12, 16, True, num_heads=8, num_kv_heads=options["num_kv_heads"], sinks=options["sinks"], generator=generator
+    )
+    module = build(name, d_in=12, d_out=16, num_heads=8, context_length=10, qkv_bias=True, **options).eval()
+    module.set_weights(weights)
+    x = torch.randn(2, 9, 12, generator=generator)  # (b, t, d_in)
+    with torch.no_grad():
+        full = module(x)  # (b, t, d_out)
+        for bounds in (((0, 4), (4, 5), (5, 9)), tuple((i, i + 1) for i in range(9))):
+            cache = LayerKVCache(max_tokens=10)
+            cached = torch.cat([module.forward_cached(x[:, start:end], cache) for start, end in bounds], dim=1)
+            assert ((cached - full).abs().max() / full.abs().max()).item() <= TOL, bounds
+
+
+GQA_WITH_CACHE = [name for name in FAST_WITH_CACHE if "gqa" in IMPLEMENTATIONS[name].capabilities.features]
+
+
+@pytest.mark.parametrize("name", GQA_WITH_CACHE)
+@pytest.mark.parametrize("num_kv_heads", [2, 1])
+def test_the_cache_holds_only_the_key_value_heads(name, num_kv_heads):
+    x = torch.randn(1, 3, 12)  # (b, t, d_in)
+    nbytes = {}
+    for kv_heads in (None, num_kv_heads):
+        module = build(name, d_in=12, d_out=16, num_heads=8, context_length=10, num_kv_heads=kv_heads).eval()
+        cache = LayerKVCache(max_tokens=10)
+        with torch.no_grad():
+            module.forward_cached(x, cache)
+        nbytes[kv_heads] = cache.nbytes
+    assert nbytes[None] == 2 * 8 * 10 * 2 * 4  # keys and values, 8 heads, 10 tokens, head_dim 2, float32
+    assert nbytes[num_kv_heads] * (8 // num_kv_heads) == nbytes[None]
+
+
 def test_implementation_without_a_cache_path_says_so():
     module = make("wrapper", AttentionWeights.random(12, 16, qkv_bias=True))
     with pytest.raises(NotImplementedError, match="WrapperAttention has no KV-cache path"):

@@ -43,6 +43,7 @@ class Backend:
     features: frozenset[str]  # names from FEATURES, declared in the backend's own module
     no_backward_on: tuple[str, ...] = ()  # device types without a backward pass
     requires: tuple[str, ...] = ()  # modules that must be importable
+    device_reason: Callable[[str], str | None] | None = None  # why it cannot run on a device type (None: any)
 
     def __call__(
         self,
@@ -96,6 +97,16 @@ class Backend:
         """Why this backend cannot run on this machine, or None when it can."""
         return missing_packages_reason(self.requires)
 
+    def unsupported_reason(self, device_type: str, mode: str = "forward") -> str | None:
+        """Why this backend cannot run on ``device_type`` in ``mode`` ("forward"/"backward"), or None when it can."""
+        if (reason := self.unavailable_reason()) is not None:
+            return reason
+        if self.device_reason is not None and (reason := self.device_reason(device_type)) is not None:
+            return reason
+        if mode == "backward" and device_type in self.no_backward_on:
+            return f"has no backward pass on {device_type}"
+        return None
+
 
 def backends_with(feature: str) -> list[str]:
     """Names of the registered backends that do ``feature`` (a name from :data:`FEATURES`)."""
@@ -136,5 +147,6 @@ BACKENDS: dict[str, Backend] = {
         "FlashAttention-2 Triton kernels (CUDA; the CPU only under TRITON_INTERPRET=1)",
         flash_triton.FEATURES,
         requires=("triton",),
+        device_reason=flash_triton.unsupported_device_reason,
     ),
 }

@@ -31,6 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--d-out", type=int, default=32)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--no-qkv-bias", action="store_true", help="check without q/k/v biases")
+    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA; 1 = MQA); default: --heads")
+    parser.add_argument("--window", type=int, default=None, help="sliding window: keys a query sees, itself included")
+    parser.add_argument("--softcap", type=float, default=None, help="softcap c on the scores: c * tanh(s / c)")
+    parser.add_argument("--sinks", action="store_true", help="with learned attention sinks (random here)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(func=run)
@@ -59,11 +63,19 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             on_result=progress,
+            num_kv_heads=args.kv_heads,
+            window=args.window,
+            softcap=args.softcap,
+            sinks=args.sinks,
         )
+    options = {"kv heads": args.kv_heads, "window": args.window, "softcap": args.softcap}
+    chosen = "".join(f", {label} {value}" for label, value in options.items() if value is not None)
+    chosen += ", sinks" if args.sinks else ""
     table = Table(
         title=(
             f"float32 vs float64 reference: batch {args.batch}, {args.seq_len} tokens, d_in {args.d_in}, "
-            f"d_out {args.d_out}, {args.heads} heads (tolerance: forward {FORWARD_TOL:.0e}, grads {GRAD_TOL:.0e})"
+            f"d_out {args.d_out}, {args.heads} heads{chosen} (tolerance: forward {FORWARD_TOL:.0e}, "
+            f"grads {GRAD_TOL:.0e})"
         )
     )
     for column in ("implementation", "forward err", "input grad err", "weight grad err", "status", "note"):

@@ -5,6 +5,9 @@ Each entry is an ``nn.Module`` class constructed the same way::
     module = IMPLEMENTATIONS["sdpa"](d_in=768, d_out=768, num_heads=12, context_length=1024)
     out = module(x)  # (b, t, d_in) -> (b, t, d_out), causal
 
+with the same optional ``dropout``, ``qkv_bias``, ``num_kv_heads``, ``window``, ``softcap`` and ``sinks``;
+each class's ``capabilities.features`` says which of the modern options it can take (it refuses the others).
+
 Adding an implementation is one file in this folder and one line below.
 """
 

@@ -1,4 +1,9 @@
-"""``ch03``: the chapter's :class:`~attnlab.chapter3.MultiHeadAttention` (weight split, batched matmuls)."""
+"""``ch03``: the chapter's :class:`~attnlab.chapter3.MultiHeadAttention` (weight split, batched matmuls).
+
+Its written-out core also takes a sliding window, a softcap and sinks (a line or two each, see
+:mod:`attnlab.implementations.core_options`). Grouped-query attention is refused: it would need narrower
+key and value projections than the book's class has, and ``self.mha`` stays exactly the book's module.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from torch import nn
 from ..backends.common import causal_mask
 from ..chapter3 import MultiHeadAttention
 from ..weights import AttentionWeights
-from .base import MultiHeadAttentionBase, copy_into
+from .base import Capabilities, MultiHeadAttentionBase, copy_into
+from .core_options import outside_window, softcap_scores, softmax_with_sinks
 from .kv_cache import LayerKVCache
 from .precision import float32_if_half
 
@@ -23,8 +29,11 @@ class Ch03Attention(MultiHeadAttentionBase):
 
     The steps are the book's, with one addition: for float16/bfloat16 inputs the scores and the softmax run
     in float32 (see :mod:`attnlab.implementations.precision`), where the book's forward would overflow
-    float16 and lose bfloat16's precision. For float32 and float64 the result is exactly the book's module's.
+    float16 and lose bfloat16's precision. For float32 and float64 the result is exactly the book's module's
+    (without window, softcap and sinks, which the book's class does not have).
     """
+
+    capabilities = Capabilities(features=frozenset({"dropout", "window", "softcap", "sinks"}))
 
     def __init__(
         self,
@@ -35,6 +44,10 @@ class Ch03Attention(MultiHeadAttentionBase):
         context_length: int,
         dropout: float = 0.0,
         qkv_bias: bool = False,
+        num_kv_heads: int | None = None,
+        window: int | None = None,
+        softcap: float | None = None,
+        sinks: bool = False,
     ) -> None:
         super().__init__(
             d_in=d_in,
@@ -43,6 +56,10 @@ class Ch03Attention(MultiHeadAttentionBase):
             context_length=context_length,
             dropout=dropout,
             qkv_bias=qkv_bias,
+            num_kv_heads=num_kv_heads,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
         )
         self.mha = MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
 
@@ -70,9 +87,15 @@ class Ch03Attention(MultiHeadAttentionBase):
         """The book's core on queries (b, h, t, hd) and keys/values (b, h, t_k, hd), ``future`` (t, t_k) True
         where a query may not look: scores, mask, scaled softmax, dropout, weighted values, output projection."""
         mha = self.mha
+        head_dim = keys.shape[-1]
         attn_scores = float32_if_half(queries) @ float32_if_half(keys).transpose(2, 3)  # (b, h, t, t_k)
+        if self.softcap is not None:  # c * tanh(s / c) on the scaled scores, written in the book's unscaled units
+            attn_scores = softcap_scores(attn_scores, self.softcap * head_dim**0.5)
+        if self.window is not None:  # hide the keys more than window - 1 positions back too
+            future = future | outside_window(future.shape[0], future.shape[1], self.window, future.device)
         attn_scores.masked_fill_(future, -torch.inf)
-        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (b, h, t, t_k)
+        sinks = None if self.sinks is None else self.sinks.view(1, -1, 1, 1)  # (1, h, 1, 1)
+        attn_weights = softmax_with_sinks(attn_scores / head_dim**0.5, sinks)  # (b, h, t, t_k)
         attn_weights = mha.dropout(attn_weights.to(values.dtype))  # back to the values' dtype
 
         context_vec = self.merge_heads(attn_weights @ values)  # (b, t, d_out)
@@ -89,6 +112,7 @@ class Ch03Attention(MultiHeadAttentionBase):
             copy_into(self.mha.W_value.bias, weights.b_value)
         copy_into(self.mha.out_proj.weight, weights.W_out)
         copy_into(self.mha.out_proj.bias, weights.b_out)
+        self._load_sinks(weights)
 
     def _export(self, pick: Callable[[nn.Parameter], torch.Tensor]) -> AttentionWeights:
         mha = self.mha
@@ -101,4 +125,5 @@ class Ch03Attention(MultiHeadAttentionBase):
             b_query=pick(mha.W_query.bias) if self.qkv_bias else None,
             b_key=pick(mha.W_key.bias) if self.qkv_bias else None,
             b_value=pick(mha.W_value.bias) if self.qkv_bias else None,
+            sinks=self._export_sinks(pick),
         )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Capabilities
 from .fused_projection import FusedQKVBackendAttention
 
 __all__ = ["FlashTorchAttention"]
 
 
 class FlashTorchAttention(FusedQKVBackendAttention):
-    """Fused projection plus the tiled online-softmax core of :mod:`attnlab.backends.flash_torch`; no dropout."""
+    """Fused projection plus the tiled online-softmax core of :mod:`attnlab.backends.flash_torch` (no dropout);
+    its other options are those the backend declares."""
 
-    capabilities = Capabilities(dropout=False)
     backend = "flash_torch"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Capabilities
 from .fused_projection import FusedQKVBackendAttention
 
 __all__ = ["FlexAttention"]
 
 
 class FlexAttention(FusedQKVBackendAttention):
-    """Fused projection plus ``torch.compile(flex_attention)``; no dropout, no backward on the CPU."""
+    """Fused projection plus ``torch.compile(flex_attention)``: no dropout, no backward on the CPU (the
+    backend's declarations)."""
 
-    capabilities = Capabilities(dropout=False, no_backward_on=("cpu",))
     backend = "flex"

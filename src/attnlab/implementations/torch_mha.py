@@ -31,7 +31,9 @@ __all__ = ["TorchMHAAttention", "TorchMHAFastAttention"]
 class TorchMHAAttention(MultiHeadAttentionBase):
     """``nn.MultiheadAttention(batch_first=True)`` with a causal mask and ``need_weights=True``."""
 
-    capabilities = Capabilities(needs_d_in_equal_d_out=True)  # its queries are projected at width d_out
+    # Its queries are projected at width d_out. nn.MultiheadAttention has dropout but no grouped key/value heads,
+    # softcap or sinks; a window would be one more mask, left out to keep this PyTorch's stock module.
+    capabilities = Capabilities(features=frozenset({"dropout"}), needs_d_in_equal_d_out=True)
     need_weights: ClassVar[bool] = True
 
     def __init__(
@@ -43,6 +45,10 @@ class TorchMHAAttention(MultiHeadAttentionBase):
         context_length: int,
         dropout: float = 0.0,
         qkv_bias: bool = False,
+        num_kv_heads: int | None = None,
+        window: int | None = None,
+        softcap: float | None = None,
+        sinks: bool = False,
     ) -> None:
         super().__init__(
             d_in=d_in,
@@ -51,6 +57,10 @@ class TorchMHAAttention(MultiHeadAttentionBase):
             context_length=context_length,
             dropout=dropout,
             qkv_bias=qkv_bias,
+            num_kv_heads=num_kv_heads,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
         )
         # bias=True gives the output projection its bias, as in every other implementation; the packed
         # q/k/v bias is then removed when qkv_bias is off (PyTorch accepts in_proj_bias=None).

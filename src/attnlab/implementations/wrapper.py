@@ -16,14 +16,20 @@ from torch import nn
 
 from ..chapter3 import CausalAttention
 from ..weights import AttentionWeights
-from .base import MultiHeadAttentionBase, copy_into
+from .base import Capabilities, MultiHeadAttentionBase, copy_into
 from .precision import float32_if_half
 
 __all__ = ["WrapperAttention"]
 
 
 class WrapperAttention(MultiHeadAttentionBase):
-    """A Python loop over ``num_heads`` single-head :class:`~attnlab.chapter3.CausalAttention` modules."""
+    """A Python loop over ``num_heads`` single-head :class:`~attnlab.chapter3.CausalAttention` modules.
+
+    Each head is the book's self-contained module with its own key and value projections, so heads cannot
+    share keys (no ``num_kv_heads``), and its forward pass has no window, softcap or sinks: all refused.
+    """
+
+    capabilities = Capabilities(features=frozenset({"dropout"}))
 
     def __init__(
         self,
@@ -34,6 +40,10 @@ class WrapperAttention(MultiHeadAttentionBase):
         context_length: int,
         dropout: float = 0.0,
         qkv_bias: bool = False,
+        num_kv_heads: int | None = None,
+        window: int | None = None,
+        softcap: float | None = None,
+        sinks: bool = False,
     ) -> None:
         super().__init__(
             d_in=d_in,
@@ -42,6 +52,10 @@ class WrapperAttention(MultiHeadAttentionBase):
             context_length=context_length,
             dropout=dropout,
             qkv_bias=qkv_bias,
+            num_kv_heads=num_kv_heads,
+            window=window,
+            softcap=softcap,
+            sinks=sinks,
         )
         self.heads = nn.ModuleList(
             [CausalAttention(d_in, self.head_dim, context_length, dropout, qkv_bias) for _ in range(num_heads)]
