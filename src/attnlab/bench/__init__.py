@@ -24,11 +24,13 @@ from .report import results_table, write_csv, write_json, write_results
 from .results import STATUSES, BenchHeader, BenchResult, BenchRow
 from .runner import ProgressCallback, run_benchmark
 from .timing import Timing, time_callable
+from .variant import AttentionVariant
 
 __all__ = [
     "FLOP_FORMULA",
     "PRESETS",
     "STATUSES",
+    "AttentionVariant",
     "BenchConfig",
     "BenchHeader",
     "BenchResult",

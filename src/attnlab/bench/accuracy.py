@@ -7,6 +7,9 @@ batch element 0 and its first ``max_tokens`` tokens, and compared with the same 
 implementation produced on the *full* benchmark input (the very shapes and kernels being timed).
 Tokens after ``max_tokens`` and other batch elements are not checked here; ``attnlab check`` compares
 every output and gradient at small sizes.
+
+Variants: the layer options go to the reference as they go to the module; packed sequences are
+independent too, so the reference runs each packed sequence of the prefix on its own and concatenates.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from ..check import max_abs_error
 from ..reference import reference_attention
 from ..weights import AttentionWeights
+from .variant import PLAIN, AttentionVariant
 
 __all__ = ["TOLERANCES", "output_error", "reference_prefix"]
 
@@ -27,11 +31,26 @@ __all__ = ["TOLERANCES", "output_error", "reference_prefix"]
 TOLERANCES: dict[str, float] = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 
 
-def reference_prefix(x: torch.Tensor, weights: AttentionWeights, num_heads: int, max_tokens: int) -> torch.Tensor:
+def reference_prefix(
+    x: torch.Tensor,
+    weights: AttentionWeights,
+    num_heads: int,
+    max_tokens: int,
+    variant: AttentionVariant = PLAIN,
+) -> torch.Tensor:
     """float64 reference output for batch element 0 and its first ``max_tokens`` tokens: (1, t', d_out)."""
     prefix = x[:1, :max_tokens]  # (1, t', d_in)
+    options = {"num_kv_heads": variant.num_kv_heads, "window": variant.window, "softcap": variant.softcap}
+    lengths = variant.seq_lens(x.shape[1]) or (x.shape[1],)
+    pieces, start = [], 0
     with torch.no_grad():
-        return reference_attention(prefix, weights, num_heads)  # (1, t', d_out)
+        for length in lengths:  # packed sequences never see each other: one reference call each
+            if start >= prefix.shape[1]:
+                break
+            piece = prefix[:, start : start + length]  # (1, n, d_in)
+            pieces.append(reference_attention(piece, weights, num_heads, **options))  # (1, n, d_out)
+            start += length
+    return torch.cat(pieces, dim=1)  # (1, t', d_out)
 
 
 def output_error(out: torch.Tensor, reference: torch.Tensor) -> float:

@@ -19,6 +19,7 @@ from ..registry import build
 from ..weights import AttentionWeights
 from .devices import resolve_dtype
 from .flops import attention_flops
+from .variant import PLAIN, AttentionVariant
 
 __all__ = ["AttentionCase", "PreparedCase", "case_inputs", "make_step", "prepare"]
 
@@ -38,11 +39,19 @@ class AttentionCase:
     d_model: int
     num_heads: int
     seed: int
+    variant: AttentionVariant = PLAIN
 
     @property
     def flops(self) -> float:
         return attention_flops(
-            batch=self.batch, seq_len=self.seq_len, d_model=self.d_model, num_heads=self.num_heads, mode=self.mode
+            batch=self.batch,
+            seq_len=self.seq_len,
+            d_model=self.d_model,
+            num_heads=self.num_heads,
+            mode=self.mode,
+            num_kv_heads=self.variant.num_kv_heads,
+            window=self.variant.window,
+            seq_lens=self.variant.seq_lens(self.seq_len),
         )
 
 
@@ -59,7 +68,14 @@ class PreparedCase:
 def case_inputs(case: AttentionCase) -> tuple[AttentionWeights, torch.Tensor]:
     """The seed's weights and input (float32, CPU): the same for every implementation at this size."""
     generator = torch.Generator().manual_seed(case.seed)
-    weights = AttentionWeights.random(case.d_model, case.d_model, generator=generator)
+    weights = AttentionWeights.random(
+        case.d_model,
+        case.d_model,
+        generator=generator,
+        num_heads=case.num_heads,
+        num_kv_heads=case.variant.num_kv_heads,
+        sinks=case.variant.sinks,
+    )
     x = torch.randn(case.batch, case.seq_len, case.d_model, generator=generator)  # (b, t, d_model)
     return weights, x
 
@@ -74,23 +90,25 @@ def prepare(case: AttentionCase) -> PreparedCase:
         d_out=case.d_model,
         num_heads=case.num_heads,
         context_length=case.seq_len,
+        **case.variant.module_options(),
     )
     module.set_weights(weights)
     module = module.to(device=device, dtype=dtype).eval()  # dropout is 0 anyway; eval allows fast paths
     runner: nn.Module = torch.compile(module) if case.compiled else module
     x = x.to(device=device, dtype=dtype)  # (b, t, d_model)
+    packing = {} if case.variant.packed_len is None else {"seq_lens": case.variant.seq_lens(case.seq_len)}
 
     if case.mode == "forward":
 
         def step() -> torch.Tensor:
             with torch.no_grad():
-                return runner(x)  # (b, t, d_model)
+                return runner(x, **packing)  # (b, t, d_model)
 
     else:
         x_leaf = x.clone().requires_grad_()  # in a model, attention's input needs a gradient too
 
         def step() -> torch.Tensor:
-            out = runner(x_leaf)  # (b, t, d_model)
+            out = runner(x_leaf, **packing)  # (b, t, d_model)
             out.sum().backward()
             # Drop the gradients after use: each call allocates them afresh, as a training step does, and
             # the memory meter (which reads the allocation above what exists before a call) counts them.

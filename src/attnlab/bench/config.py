@@ -15,6 +15,7 @@ from typing import Any, Literal
 from ..implementations import IMPLEMENTATIONS
 from ..implementations.base import Mode
 from ..registry import get_implementation
+from .variant import PLAIN, AttentionVariant
 
 __all__ = [
     "DEVICES",
@@ -127,6 +128,7 @@ class BenchConfig:
     peak_matmul_size: int | None = None  # n of the n x n matmul that measures the peak; None: by device
     measure_memory: bool = True
     preset: str | None = None  # informational: the preset the sizes came from
+    variant: AttentionVariant = PLAIN  # GQA, window, softcap, sinks, packing (plain by default)
 
     def __post_init__(self) -> None:
         if self.impls is not None:
@@ -149,6 +151,8 @@ class BenchConfig:
             raise ValueError(f"min_run_time must be positive, got {self.min_run_time}")
         if self.peak_matmul_size is not None and self.peak_matmul_size < 1:
             raise ValueError(f"peak_matmul_size must be positive, got {self.peak_matmul_size}")
+        if not isinstance(self.variant, AttentionVariant):
+            raise ValueError(f"variant must be an AttentionVariant, got {type(self.variant).__name__}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         for point in self.points():
@@ -161,6 +165,7 @@ class BenchConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.d_model % self.num_heads != 0:
             raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+        self.variant.check(self.num_heads)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> BenchConfig:
@@ -188,4 +193,5 @@ class BenchConfig:
         out["sweep"] = None if self.sweep is None else {"key": self.sweep.key, "values": list(self.sweep.values)}
         out["impls"] = list(self.impl_names)
         out["modes"] = list(self.modes)
+        out["variant"] = asdict(self.variant)
         return out

@@ -8,6 +8,11 @@ Forward pass of causal multi-head self-attention with ``b`` sequences of ``t`` t
   its score and one weighted sum of values, ``2 * (d / h)`` FLOPs each; summed over queries and heads:
   ``4 * b * d * t * (t + 1) / 2 = 2 * b * d * t * (t + 1)``.
 
+Variants change the count where they change the work: with ``h_kv`` key/value heads the key and value
+projections are ``(d, h_kv * d / h)``, so projections cost ``2*b*t*d*(2*d + 2*d_kv)``; a sliding window of
+``w`` keys and packed sequences count only the pairs that may meet (:func:`visible_pairs`: ``min(i + 1, w)``
+keys for query ``i`` of each packed sequence). Softcapping and sinks are elementwise and add nothing.
+
 Only the causal half is counted, for every implementation: a kernel that computes the full ``t x t``
 score matrix and masks half of it away (naive, einsum, sdpa with a mask) does twice the attention
 work for the same result, and shows it as a lower FLOP rate. Softmax, scaling, masking and bias
@@ -21,16 +26,38 @@ from __future__ import annotations
 
 from ..implementations.base import Mode
 
-__all__ = ["FLOP_FORMULA", "attention_flops", "matmul_flops"]
+__all__ = ["FLOP_FORMULA", "attention_flops", "matmul_flops", "visible_pairs"]
 
 FLOP_FORMULA = (
     "forward = 8*b*t*d^2 (q, k, v, out projections) + 2*b*d*t*(t+1) (causal attention: QK^T and AV over "
-    "the t(t+1)/2 visible pairs per head); backward mode (forward + backward) = 3 x forward"
+    "the t(t+1)/2 visible pairs per head; with a window or packing only the visible pairs; with GQA the k, v "
+    "projections are d x d_kv); backward mode (forward + backward) = 3 x forward"
 )
 
 
+def visible_pairs(seq_len: int, *, causal: bool = True, window: int | None = None, seq_lens=None) -> int:
+    """Query/key pairs that may meet in one head of one row: ``t(t+1)/2`` causal, fewer with a window or packing."""
+    lengths = (seq_len,) if seq_lens is None else tuple(seq_lens)
+    if not causal:
+        return sum(n * n for n in lengths)
+    total = 0
+    for n in lengths:
+        w = n if window is None else min(window, n)
+        total += w * (w + 1) // 2 + (n - w) * w  # the first w queries see 1..w keys, the rest w each
+    return total
+
+
 def attention_flops(
-    *, batch: int, seq_len: int, d_model: int, num_heads: int, mode: Mode = "forward", causal: bool = True
+    *,
+    batch: int,
+    seq_len: int,
+    d_model: int,
+    num_heads: int,
+    mode: Mode = "forward",
+    causal: bool = True,
+    num_kv_heads: int | None = None,
+    window: int | None = None,
+    seq_lens=None,
 ) -> float:
     """FLOPs of one call of causal multi-head attention (see the module docstring for the formula).
 
@@ -42,10 +69,10 @@ def attention_flops(
     if d_model % num_heads != 0:
         raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
     b, t, d = batch, seq_len, d_model
-    projections = 8 * b * t * d * d
+    d_kv = d if num_kv_heads is None else num_kv_heads * (d // num_heads)
+    projections = 2 * b * t * d * (2 * d + 2 * d_kv)  # q and out: d x d; k and v: d x d_kv
     # Per head, (d/h) features per pair, h heads: the head count cancels out.
-    pairs_per_head = t * (t + 1) / 2 if causal else t * t
-    attention = 4 * b * d * pairs_per_head
+    attention = 4 * b * d * visible_pairs(t, causal=causal, window=window, seq_lens=seq_lens)
     forward = projections + attention
     return float(forward if mode == "forward" else 3 * forward)
 

@@ -17,6 +17,7 @@ from rich import box
 from rich.table import Table
 
 from .results import BenchResult, BenchRow
+from .variant import AttentionVariant
 
 __all__ = [
     "WrittenFiles",
@@ -89,7 +90,9 @@ def _title(result: BenchResult) -> str:
     sizes = ", ".join(
         f"{name} {config[name]}" for name in ("batch", "seq_len", "d_model", "num_heads") if name != result.sweep_key
     )
-    return f"attnlab bench: {header.device_name}, {header.dtype}, {sizes}, {header.num_threads} threads"
+    variant = AttentionVariant(**config["variant"]) if config.get("variant") else AttentionVariant()
+    attention = "" if variant.is_plain else f", {variant.describe()}"
+    return f"attnlab bench: {header.device_name}, {header.dtype}, {sizes}{attention}, {header.num_threads} threads"
 
 
 def results_table(result: BenchResult) -> Table:

@@ -65,6 +65,7 @@ def _cases(config: BenchConfig, device: torch.device) -> list[AttentionCase]:
             d_model=point.d_model,
             num_heads=point.num_heads,
             seed=config.seed,
+            variant=config.variant,
         )
         for point in config.points()
         for mode in config.modes
@@ -88,18 +89,25 @@ class _CaseRunner:
         key = (case.batch, case.seq_len, case.d_model, case.num_heads)
         if key not in self._references:
             weights, x = case_inputs(case)
-            self._references[key] = reference_prefix(x, weights, case.num_heads, self.config.accuracy_tokens)
+            self._references[key] = reference_prefix(
+                x, weights, case.num_heads, self.config.accuracy_tokens, case.variant
+            )
         return self._references[key]
 
     def run(self, case: AttentionCase) -> BenchRow:
-        identity = {name: value for name, value in asdict(case).items() if name != "seed"}  # impl, mode, sizes...
+        # impl, mode, sizes... (the variant is the run's, in the header)
+        identity = {name: value for name, value in asdict(case).items() if name not in ("seed", "variant")}
         row = BenchRow(**identity, status="ok", flops=case.flops, tolerance=self.tolerance)
         capabilities = get_implementation(case.impl).capabilities
         if (reason := capabilities.unavailable_reason()) is not None:
             row.status, row.note = "unavailable", reason
             return row
-        if (reason := capabilities.unsupported_reason(self.device.type, case.mode)) is not None:
+        features = case.variant.features(case.num_heads)
+        if (reason := capabilities.unsupported_reason(self.device.type, case.mode, features)) is not None:
             row.status, row.note = "unsupported", reason
+            return row
+        if case.variant.packed_len is not None and not get_implementation(case.impl).supports_packed_sequences():
+            row.status, row.note = "unsupported", "cannot pack sequences (seq_lens)"
             return row
         try:
             self._measure(case, row)

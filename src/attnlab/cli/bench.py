@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..bench import PRESETS, BenchConfig, Sweep, default_preset, resolve_device, run_benchmark
+from ..bench import PRESETS, AttentionVariant, BenchConfig, Sweep, default_preset, resolve_device, run_benchmark
 from ..bench.config import DEVICES, DTYPES, MODES
 from ..bench.devices import describe_device, resolve_dtype
 from ..bench.report import results_notes, results_table, write_results
@@ -29,6 +29,7 @@ examples:
   attnlab bench --preset notebook --mode both --out results
   attnlab bench --impl sdpa,ch03,flex --sweep seq=256,512,1024 --mode forward --out sweep-results
   attnlab bench --device cuda --dtype bfloat16 --preset long --compile
+  attnlab bench --impl flash_torch,sdpa_mask --seq 4096 --heads 8 --kv-heads 2 --window 256 --mode forward
   attnlab bench --model gpt2 --impl sdpa,ch03,wrapper --prompt-len 128 --new-tokens 32
 
 presets: """ + "; ".join(
@@ -76,6 +77,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and input (default: 0)")
     parser.add_argument("--min-run-time", type=float, help="seconds of timed calls per case (default: preset's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    variant = parser.add_argument_group("attention variant (every case; FLOPs count only the pairs that may meet)")
+    variant.add_argument("--kv-heads", type=int, help="key/value heads (GQA; 1 is MQA; default: as many as --heads)")
+    variant.add_argument("--window", type=int, help="sliding window: each query sees its last W positions")
+    variant.add_argument("--softcap", type=float, help="soft-cap the scores at C (C * tanh(s / C), Gemma 2)")
+    variant.add_argument("--sinks", action="store_true", help="one learned sink logit per head (gpt-oss)")
+    variant.add_argument("--packed-len", type=int, help="pack sequences of N tokens into each row (no cross-talk)")
     parser.add_argument("--out", help="write results.json, results.csv, bench.png (and sweep.png) here")
     model = parser.add_argument_group("whole-model benchmark (prefill and decode tokens/s of the GPT model)")
     model.add_argument("--model", choices=tuple(GPT_PRESETS), help="benchmark this GPT-2 size instead of one layer")
@@ -95,8 +102,16 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     }
     if args.impl is not None:
         overrides["impls"] = tuple(name.strip() for name in args.impl.split(",") if name.strip())
+    variant = AttentionVariant(
+        num_kv_heads=args.kv_heads,
+        window=args.window,
+        softcap=args.softcap,
+        sinks=args.sinks,
+        packed_len=args.packed_len,
+    )
     return BenchConfig.from_preset(
         preset,
+        variant=variant,
         device=args.device,
         dtype=args.dtype,
         modes=MODES if args.mode == "both" else (args.mode,),
@@ -132,6 +147,8 @@ def run_model(args: argparse.Namespace) -> int:
     """``--model``: prefill and decode tokens/s of the whole GPT model on each implementation."""
     layer_only = {"--preset": args.preset, "--sweep": args.sweep, "--seq": args.seq_len, "--heads": args.num_heads}
     layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None, "--no-memory": args.no_memory or None}
+    layer_only |= {"--kv-heads": args.kv_heads, "--window": args.window, "--softcap": args.softcap}
+    layer_only |= {"--sinks": args.sinks or None, "--packed-len": args.packed_len}
     given = [flag for flag, value in layer_only.items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply with --model (use --prompt-len, --new-tokens, --layers)")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -238,11 +238,29 @@ class MultiHeadAttentionBase(nn.Module):
 
     # -- the interface ------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, seq_lens: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Causal attention of ``x`` (b, t, d_in) -> (b, t, d_out).
+
+        ``seq_lens`` packs several sequences into each row (lengths summing to ``t``, the same packing for
+        every row): no token attends across a boundary. Only implementations with :meth:`attend_packed` (see
+        :meth:`supports_packed_sequences`) take it; the others refuse it by name.
+        """
         self.check_input(x)
-        return self.attend(x)
+        if seq_lens is None:
+            return self.attend(x)
+        if not self.supports_packed_sequences():
+            raise ValueError(f"{type(self).__name__} cannot pack sequences (seq_lens); use an implementation that can")
+        return self.attend_packed(x, seq_lens)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def supports_packed_sequences(cls) -> bool:
+        """Whether ``forward(x, seq_lens=...)`` works: the implementation overrides ``attend_packed``."""
+        return cls.attend_packed is not MultiHeadAttentionBase.attend_packed
+
+    def attend_packed(self, x: torch.Tensor, seq_lens: Sequence[int] | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     @classmethod

@@ -18,7 +18,7 @@ FlashAttention); they subclass :class:`FusedQKVBackendAttention` and name their 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -86,15 +86,25 @@ class FusedQKVBackendAttention(MultiHeadAttentionBase):
         queries, keys, values = qkv.split([self.d_out, self.d_kv, self.d_kv], dim=-1)  # (b, t, d_out), 2 x (b, t, d_kv)
         return self.split_heads(queries), self.split_heads(keys), self.split_heads(values)  # (b, h | h_kv, t, hd)
 
-    def _attend_heads(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def _attend_heads(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, **per_call
+    ) -> torch.Tensor:
         """The backend's core on queries (b, h, t_q, hd) and keys/values (b, h_kv, t_k, hd), bottom-right
-        aligned when t_q < t_k, plus the output projection."""
-        spec = dataclasses.replace(self.spec, sinks=self.sinks, dropout_p=self.attn_dropout_p)
+        aligned when t_q < t_k, plus the output projection. ``per_call``: spec fields of this call (seq_lens)."""
+        spec = dataclasses.replace(self.spec, sinks=self.sinks, dropout_p=self.attn_dropout_p, **per_call)
         context_vec = BACKENDS[self.backend].attend(queries, keys, values, spec)  # (b, h, t_q, hd)
         return self.out_proj(self.merge_heads(context_vec))  # (b, t_q, d_out)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         return self._attend_heads(*self._project_heads(x))  # (b, t, d_out)
+
+    @classmethod
+    def supports_packed_sequences(cls) -> bool:
+        """Packing is the backend's ``seq_lens`` feature."""
+        return "seq_lens" in BACKENDS[cls.backend].features
+
+    def attend_packed(self, x: torch.Tensor, seq_lens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        return self._attend_heads(*self._project_heads(x), seq_lens=seq_lens)  # (b, t, d_out)
 
     def attend_cached(self, x: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
         queries, keys, values = self._project_heads(x)  # (b, h, t, hd), 2 x (b, h_kv, t, hd)
