@@ -21,7 +21,7 @@ from .model import GPTModel
 
 __all__ = ["export_state", "load_state", "state_keys"]
 
-_ATTENTION_FIELDS = tuple(f.name for f in fields(AttentionWeights))
+_ATTENTION_FIELDS = tuple(f.name for f in fields(AttentionWeights) if f.name != "sinks")  # GPT-2 has no sinks
 _QKV_BIAS_FIELDS = ("b_query", "b_key", "b_value")
 
 
