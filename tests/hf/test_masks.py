@@ -48,24 +48,24 @@ def test_left_padding_and_static_cache_become_slices():
     padded = visible_mask(6, 6, CAUSAL).clone()
     padded[:2] = False
     padded[:, :2] = False
-    assert plan_masked_call(as_4d(padded), CAUSAL, 6, 6) == [ItemPlan(2, 6, 2, 6, None)]
+    assert plan_masked_call(as_4d(padded), CAUSAL, 6, 6)[0] == [ItemPlan(2, 6, 2, 6, None)]
     static = torch.zeros(1, 8, dtype=torch.bool)
     static[0, :5] = True
-    assert plan_masked_call(as_4d(static), CAUSAL, 1, 8) == [ItemPlan(0, 1, 0, 5, None)]
+    assert plan_masked_call(as_4d(static), CAUSAL, 1, 8)[0] == [ItemPlan(0, 1, 0, 5, None)]
 
 
 @pytest.mark.parametrize("window", [None, 1, 2])
 def test_packed_sequences_are_read_off_the_mask(window):
     spec = AttentionSpec(causal=True, window=window)
     packed = visible_mask(9, 9, AttentionSpec(causal=True, window=window, seq_lens=[4, 1, 4]))
-    (plan,) = plan_masked_call(as_4d(packed), spec, 9, 9)
+    (plan,), _ = plan_masked_call(as_4d(packed), spec, 9, 9)
     # window=1: every token sees only itself, which packing cannot change: no seq_lens needed
     assert plan == ItemPlan(0, 9, 0, 9, None if window == 1 else (4, 1, 4))
 
 
 def test_chunked_attention_is_packing():
     chunked = visible_mask(6, 6, CAUSAL) & (torch.arange(6)[:, None] // 3 == torch.arange(6)[None, :] // 3)
-    assert plan_masked_call(as_4d(chunked), CAUSAL, 6, 6) == [ItemPlan(0, 6, 0, 6, (3, 3))]
+    assert plan_masked_call(as_4d(chunked), CAUSAL, 6, 6)[0] == [ItemPlan(0, 6, 0, 6, (3, 3))]
 
 
 def test_a_mask_no_rule_reproduces_is_refused():

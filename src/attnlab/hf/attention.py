@@ -14,6 +14,7 @@ training mode only), ``is_causal`` (or ``module.is_causal``) -> causal; FlashAtt
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import groupby
 
 import torch
@@ -51,32 +52,26 @@ def _attend_masked(
         mask = mask.expand(b, *mask.shape[1:])  # (b, heads, t_q, t_k)
     if mask.shape[0] != b:
         raise ValueError(f"the attention mask has batch size {mask.shape[0]}, the queries {b}")
-    plans = plan_masked_call(mask, spec, t_q, t_k)
+    plans, has_key = plan_masked_call(mask, spec, t_q, t_k)  # has_key (b, t_q)
     packed = spec.seq_lens if spec.seq_lens is not None and len(spec.seq_lens) > 1 else None
     if spec.seq_lens is not None and any(plan.seq_lens != packed for plan in plans):
         raise ValueError(
             f"cu_seq_lens packs {list(spec.seq_lens)} but the attention mask packs differently; pass one of them"
         )
     if all(plan == ItemPlan(0, t_q, 0, t_k, None) for plan in plans):
-        return backend.attend(q, k, v, spec)  # (b, h, t_q, d): the mask is the backend's own rule
-    out = q.new_zeros(q.shape)  # (b, h, t_q, d): queries that see no key output zeros
-    order = sorted(range(b), key=lambda i: _sort_key(plans[i]))
-    for plan, group in groupby(order, key=lambda i: plans[i]):
-        items = list(group)
-        if plan.q_start == plan.q_end:
-            continue
-        rows, keys = slice(plan.q_start, plan.q_end), slice(plan.k_start, plan.k_end)
-        part = AttentionSpec(
-            causal=spec.causal,
-            scale=spec.scale,
-            window=spec.window,
-            softcap=spec.softcap,
-            sinks=spec.sinks,
-            seq_lens=plan.seq_lens,
-            dropout_p=spec.dropout_p,
-        )
-        out[items, :, rows] = backend.attend(q[items, :, rows], k[items, :, keys], v[items, :, keys], part)
-    return out
+        out = backend.attend(q, k, v, spec)  # (b, h, t_q, d): the mask is the backend's own rule
+    else:
+        out = q.new_zeros(q.shape)  # (b, h, t_q, d)
+        order = sorted(range(b), key=lambda i: _sort_key(plans[i]))
+        for plan, group in groupby(order, key=lambda i: plans[i]):
+            items = list(group)
+            if plan.q_start == plan.q_end:
+                continue
+            rows, keys = slice(plan.q_start, plan.q_end), slice(plan.k_start, plan.k_end)
+            part = replace(spec, seq_lens=plan.seq_lens)
+            out[items, :, rows] = backend.attend(q[items, :, rows], k[items, :, keys], v[items, :, keys], part)
+    # Queries that see no key output zeros (the backend saw them inside a slice, or not at all).
+    return out if bool(has_key.all()) else out * has_key[:, None, :, None]  # (b, h, t_q, d)
 
 
 def make_attention_function(backend_name: str) -> Callable[..., tuple[torch.Tensor, None]]:

@@ -168,7 +168,10 @@ def _plan_item(visible: torch.Tensor, spec: AttentionSpec) -> ItemPlan:
     )
 
 
-def plan_masked_call(mask: torch.Tensor, spec: AttentionSpec, t_q: int, t_k: int) -> list[ItemPlan]:
-    """One :class:`ItemPlan` per batch item for a transformers mask, under ``spec``'s causal/window rule."""
+def plan_masked_call(
+    mask: torch.Tensor, spec: AttentionSpec, t_q: int, t_k: int
+) -> tuple[list[ItemPlan], torch.Tensor]:
+    """One :class:`ItemPlan` per batch item for a transformers mask, under ``spec``'s causal/window rule, and
+    which queries see some key (b, t_q): the others output zeros."""
     visible = mask_to_visible(mask, t_q, t_k)  # (b, t_q, t_k)
-    return [_plan_item(item, spec) for item in visible]
+    return [_plan_item(item, spec) for item in visible], visible.any(dim=-1)
