@@ -163,13 +163,16 @@ def flex_attention_backend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Compiled FlexAttention on q (b, h, t_q, d), k/v (b, h_kv, t_k, d) -> (b, h, t_q, d) [, lse (b, h, t_q)]."""
-    from torch.nn.attention.flex_attention import AuxRequest
-
     _check_runnable(q, k, v, spec)
     t_q, t_k = q.shape[-2], k.shape[-2]
     block_mask = None
     if _has_visibility_rule(spec):
         block_mask = _block_mask(t_q, t_k, spec.causal, spec.window, spec.seq_lens, str(q.device))
+    options = {}
+    if _needs_lse(spec):  # AuxRequest is recent PyTorch: imported only when the lse is asked for
+        from torch.nn.attention.flex_attention import AuxRequest
+
+        options["return_aux"] = AuxRequest(lse=True)
     result = _compiled_flex_attention(q.device.type)(
         q,
         k,
@@ -178,7 +181,7 @@ def flex_attention_backend(
         block_mask=block_mask,
         scale=spec.scale_for(q.shape[-1]),
         enable_gqa=k.shape[1] != q.shape[1],
-        return_aux=AuxRequest(lse=True) if _needs_lse(spec) else None,
+        **options,
     )
     if not _needs_lse(spec):
         return result  # (b, h, t_q, d)
