@@ -1,5 +1,7 @@
 """``attnlab generate``: a Hugging Face checkpoint directory in, streamed tokens out, clear errors."""
 
+import json
+
 import pytest
 import torch
 
@@ -70,7 +72,7 @@ def test_bad_input_exits_2_with_the_reason(checkpoint, capsys, argv, message):
 
 def test_prompt_without_tokenizer_is_refused(tmp_path, capsys):
     assert main(["generate", "--weights", str(tmp_path), "--prompt", "hello"]) == 2
-    assert "--prompt needs" in capsys.readouterr().err
+    assert "tokenizer.json does not exist; a text prompt needs it" in capsys.readouterr().err
 
 
 def test_help_shows_an_example(capsys):
@@ -94,3 +96,144 @@ def test_stream_keeps_printing_after_decoding_changes_earlier_text(capsys):
     stream.finish()
     out = capsys.readouterr().out
     assert out.endswith("ab")  # the new tokens are printed even though the prompt's text changed
+
+
+# -- every failure is exit code 2 and one line on stderr, found before any work it would waste ---------------
+
+
+def error_line(capsys, argv):
+    """Run ``attnlab generate ARGV``; it must fail with exit code 2 and ONE error line (after the optional
+    "loading ..." progress line). Returns (the error line, stdout)."""
+    assert main(["generate", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if not line.startswith("loading ")]
+    assert len(lines) == 1 and lines[0].startswith("attnlab generate: error: "), captured.err
+    return lines[0], captured.out
+
+
+def copy_of(checkpoint, tmp_path, names=("config.json", "model.safetensors", "tokenizer.json")):
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    for name in names:
+        (directory / name).write_bytes((checkpoint / name).read_bytes())
+    return directory
+
+
+def test_ids_do_not_need_or_read_tokenizer_json(checkpoint, tmp_path, capsys):
+    directory, hf_model, _ = checkpoint
+    weights = copy_of(directory, tmp_path)
+    (weights / "tokenizer.json").write_text("{ not a tokenizer")
+    assert main(["generate", "--weights", str(weights), "--ids", "3,1,4", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip() == ",".join(map(str, hf_greedy(hf_model, [3, 1, 4], 3)))
+    line, _ = error_line(capsys, ["--weights", str(weights), "--prompt", "every effort"])
+    assert "tokenizer.json is not a readable tokenizer" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--temperature", "nan"], "temperature must be >= 0 (0 is greedy) and finite, got nan"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-k", "0"], "top_k must be a positive integer or None, got 0"),
+        (["--max-new-tokens", "-5"], "max_new_tokens must be a non-negative integer, got -5"),
+        (["--eos-id", "-1"], "eos_id must be a token id (an integer >= 0) or None, got -1"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**64), got -1"),
+        (["--device", "xyz"], "unknown device 'xyz'"),
+        (["--impl", "nope"], "unknown attention implementation 'nope'"),
+    ],
+)
+def test_generation_arguments_are_checked_before_loading_or_printing(tmp_path, capsys, argv, message):
+    (tmp_path / "config.json").write_text("[]")  # a broken checkpoint: it must not even be looked at
+    line, out = error_line(capsys, ["--weights", str(tmp_path), "--ids", "1", *argv])
+    assert message in line and out == ""
+
+
+def test_prompt_too_long_for_the_context_is_refused_before_the_prompt_is_printed(checkpoint, capsys):
+    directory, _, _ = checkpoint
+    line, out = error_line(capsys, ["--weights", str(directory), "--ids", "1,2,3", "--max-new-tokens", "30"])
+    assert "prompt length 3 + max_new_tokens 30 = 33 exceeds context_length 32" in line
+    assert out == ""
+
+
+def damage(directory, kind):
+    config = directory / "config.json"
+    weights = directory / "model.safetensors"
+    if kind == "config list":
+        config.write_text("[1, 2]")
+    elif kind == "config string number":
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"n_layer": "2"}))
+    elif kind == "config bool":
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"n_head": True}))
+    elif kind == "huge n_layer":
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"n_layer": 10**9}))
+    elif kind == "empty safetensors":
+        weights.write_bytes(b"")
+    elif kind == "truncated safetensors":
+        weights.write_bytes(weights.read_bytes()[:-9])
+    elif kind == "bare tensor bin":
+        weights.unlink()
+        torch.save(torch.zeros(3), directory / "pytorch_model.bin")
+    elif kind == "integer tensor":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(weights)
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"].to(torch.int64)
+        save_file(state, weights)
+    elif kind == "missing tensor":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(weights)
+        del state["transformer.ln_f.bias"]
+        save_file(state, weights)
+    elif kind == "attnlab config without config":
+        (directory / "attnlab_gpt.json").write_text('{"format": "attnlab-gpt/2"}')
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("config list", "holds a JSON list, expected an object"),
+        ("config string number", "n_layer must be a positive integer, got '2' (str)"),
+        ("config bool", "n_head must be a positive integer, got True (bool)"),
+        ("huge n_layer", "config.json has n_layer=1000000000, but the tensors hold 2 layers"),
+        ("empty safetensors", "is not a readable safetensors file"),
+        ("truncated safetensors", "is not a readable safetensors file"),
+        ("bare tensor bin", "holds a Tensor, expected a dict of tensor names to tensors"),
+        ("integer tensor", "tensor 'wpe.weight' has dtype I64; weights must be floating-point"),
+        ("missing tensor", "missing: ['ln_f.bias']"),
+        ("attnlab config without config", "has no 'config' object"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_error_line(checkpoint, tmp_path, capsys, kind, message):
+    directory, _, _ = checkpoint
+    weights = copy_of(directory, tmp_path)
+    damage(weights, kind)
+    line, out = error_line(capsys, ["--weights", str(weights), "--ids", "1,2"])
+    assert message in line and out == ""
+
+
+def test_weights_that_are_a_file_or_absent_are_one_error_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert "is not a directory" in error_line(capsys, ["--weights", str(tmp_path / "file"), "--ids", "1"])[0]
+    assert "does not exist" in error_line(capsys, ["--weights", str(tmp_path / "absent"), "--ids", "1"])[0]
+
+
+def test_flash_torch_generates_from_a_checkpoint_with_dropout(checkpoint, capsys):
+    directory, hf_model, _ = checkpoint  # transformers' default config: attn_pdrop = resid_pdrop = 0.1
+    assert (
+        main(
+            [
+                "generate",
+                "--weights",
+                str(directory),
+                "--ids",
+                "3,1,4",
+                "--max-new-tokens",
+                "4",
+                "--impl",
+                "flash_torch",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip() == ",".join(map(str, hf_greedy(hf_model, [3, 1, 4], 4)))

@@ -49,3 +49,34 @@ def tiny_hf(tmp_path_factory):
 def prompt_ids():
     """A batch of 3 prompts of 6 tokens inside the tiny vocabulary."""
     return torch.randint(0, VOCAB_SIZE, (3, 6), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def few_blocks(monkeypatch):
+    """Fail a test that builds more than 64 transformer blocks (on any device, meta included): a config
+    that claims a billion layers must be refused before building, not found out by running out of memory."""
+    from attnlab.gpt.model import TransformerBlock
+
+    built = []
+    original = TransformerBlock.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        if len(built) > 64:
+            raise AssertionError("more than 64 transformer blocks built: the config was not checked first")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransformerBlock, "__init__", counting_init)
+    return built
+
+
+@pytest.fixture
+def hf_copy(tiny_hf, tmp_path):
+    """A fresh copy of the tiny checkpoint's config.json and model.safetensors in ``tmp_path / "ckpt"``,
+    for a test to damage."""
+    source, _ = tiny_hf
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (target / name).write_bytes((source / name).read_bytes())
+    return target

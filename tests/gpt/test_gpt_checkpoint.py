@@ -1,10 +1,12 @@
 """attnlab's own checkpoints: safetensors round trip across implementations, and load_model's dispatch."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from attnlab.gpt import GPTConfig, GPTModel, load_model
 from attnlab.gpt.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -56,7 +58,7 @@ def test_checkpoint_for_another_config_is_refused(saved, tmp_path):
     payload["config"]["n_layers"] = 3
     (tmp_path / CONFIG_FILE).write_text(json.dumps(payload))
     (tmp_path / WEIGHTS_FILE).write_bytes((directory / WEIGHTS_FILE).read_bytes())
-    with pytest.raises(ValueError, match=r"weights do not fit this model .*missing: \['blocks\.2"):
+    with pytest.raises(ValueError, match=r"saved with different configs \(n_layers 3 vs 2; JSON vs weights\)"):
         GPTModel.load(tmp_path)
 
 
@@ -71,8 +73,235 @@ def test_load_model_dispatches_on_the_directory(saved, tiny_hf, tmp_path):
         load_model(tmp_path / "missing")
 
 
-def test_dropout_override_lets_flex_load_an_inference_copy(saved):
+def test_dropout_override_replaces_the_saved_dropout(saved):
     directory, _ = saved
-    with pytest.raises(ValueError, match="does not support dropout"):
-        GPTModel.load(directory, attn_impl="flex", dropout=0.1)
+    assert GPTModel.load(directory, attn_impl="flex", dropout=0.1).config.dropout == 0.1  # eval mode: fine
     assert GPTModel.load(directory, attn_impl="flex", dropout=0.0).config.dropout == 0.0
+
+
+# -- a save is atomic as a whole, and load checks that the two files belong together -----------------------
+
+
+def logits_of(model):
+    idx = torch.arange(12).reshape(1, 12) % 30  # (1, 12)
+    with torch.no_grad():
+        return model(idx)
+
+
+def fail_on_config_write(monkeypatch):
+    """Make writing attnlab_gpt.json fail, as a full disk would, after the weights were written."""
+    original = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name == CONFIG_FILE:
+            raise OSError(28, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_failed_save_leaves_the_old_checkpoint_intact(saved, tmp_path, monkeypatch):
+    _, old_model = saved
+    target = tmp_path / "ckpt"
+    old_model.save(target)
+    torch.manual_seed(5)
+    new_model = GPTModel(CONFIG, attn_impl="sdpa").eval()  # same config, other weights
+    with monkeypatch.context() as patch:
+        fail_on_config_write(patch)
+        with pytest.raises(OSError, match="No space left"):
+            new_model.save(target)
+    # Either the old checkpoint, intact, or nothing: never the new weights beside the old config.
+    torch.testing.assert_close(logits_of(GPTModel.load(target)), logits_of(old_model), atol=1e-5, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging directory left behind
+
+
+def test_failed_first_save_leaves_no_checkpoint(saved, tmp_path, monkeypatch):
+    _, model = saved
+    fail_on_config_write(monkeypatch)
+    with pytest.raises(OSError):
+        model.save(tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_replaces_an_earlier_checkpoint_and_refuses_other_directories(saved, tmp_path):
+    _, old_model = saved
+    target = tmp_path / "ckpt"
+    old_model.save(target)
+    torch.manual_seed(6)
+    new_model = GPTModel(CONFIG, attn_impl="sdpa").eval()
+    new_model.save(target)
+    torch.testing.assert_close(logits_of(GPTModel.load(target)), logits_of(new_model), atol=1e-5, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds other files \(notes\.txt\), which a save .* would delete"):
+        new_model.save(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        new_model.save(tmp_path / "a_file")
+
+
+def test_config_and_weights_from_different_saves_are_refused(saved, tmp_path):
+    _, model = saved
+    model.save(tmp_path / "a")
+    model.save(tmp_path / "b")  # same config and weights, another save
+    (tmp_path / "a" / CONFIG_FILE).write_bytes((tmp_path / "b" / CONFIG_FILE).read_bytes())
+    with pytest.raises(ValueError, match="come from different saves"):
+        GPTModel.load(tmp_path / "a")
+
+
+def test_hand_made_pair_with_another_config_is_refused(saved, tmp_path):
+    directory, _ = saved
+    payload = json.loads((directory / CONFIG_FILE).read_text())
+    payload["config"]["layer_norm_eps"] = 1e-3  # no tensor shape could tell this apart
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(payload))
+    (tmp_path / WEIGHTS_FILE).write_bytes((directory / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(ValueError, match=r"different configs \(layer_norm_eps 0\.001 vs 1e-05; JSON vs weights\)"):
+        GPTModel.load(tmp_path)
+
+
+def test_weights_without_the_pair_metadata_are_refused(saved, tmp_path):
+    directory, _ = saved
+    (tmp_path / CONFIG_FILE).write_bytes((directory / CONFIG_FILE).read_bytes())
+    save_file(load_file(directory / WEIGHTS_FILE), tmp_path / WEIGHTS_FILE)  # no metadata at all
+    with pytest.raises(ValueError, match=r"has format None, its attnlab_gpt\.json 'attnlab-gpt/2'"):
+        GPTModel.load(tmp_path)
+
+
+def test_format_1_checkpoints_still_load(saved, tmp_path):
+    directory, model = saved
+    payload = json.loads((directory / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({"format": "attnlab-gpt/1", "config": payload["config"]}))
+    save_file(load_file(directory / WEIGHTS_FILE), tmp_path / WEIGHTS_FILE, metadata={"format": "attnlab-gpt/1"})
+    torch.testing.assert_close(logits_of(GPTModel.load(tmp_path)), logits_of(model), atol=1e-5, rtol=0)
+
+
+# -- a damaged or hostile attnlab checkpoint: a ValueError naming what is wrong --------------------------------
+
+
+def rewrite(directory, target, config_changes=(), tensors=None):
+    """A copy of checkpoint ``directory`` in ``target`` with config fields changed in both files alike
+    (so the pair check passes and the later checks are reached) and, optionally, other tensors."""
+    payload = json.loads((directory / CONFIG_FILE).read_text())
+    payload["config"] |= dict(config_changes)
+    target.mkdir(exist_ok=True)
+    (target / CONFIG_FILE).write_text(json.dumps(payload))
+    with safe_open(directory / WEIGHTS_FILE, framework="pt") as handle:
+        metadata = handle.metadata()
+    metadata["config"] = json.dumps(payload["config"], sort_keys=True)
+    save_file(load_file(directory / WEIGHTS_FILE) if tensors is None else tensors, target / WEIGHTS_FILE, metadata)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_layers", 10**9, "has n_layers=1000000000, but the tensors hold 2 layers"),
+        ("vocab_size", 10**12, r"has vocab_size=1000000000000, but tok_emb\.weight has shape \(30, 24\)"),
+        ("d_model", 3 * 2**40, r"has d_model=3298534883328, but tok_emb\.weight has shape \(30, 24\)"),
+        ("context_length", 10**12, r"has context_length=1000000000000, but pos_emb\.weight has shape \(12, 24\)"),
+    ],
+)
+def test_huge_sizes_in_an_attnlab_config_are_refused_before_building(
+    saved, tmp_path, few_blocks, field, value, message
+):
+    directory, _ = saved
+    with pytest.raises(ValueError, match=message):
+        GPTModel.load(rewrite(directory, tmp_path, {field: value}))
+    assert not few_blocks
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([1, 2], "holds a JSON list, expected an object"),
+        ({"format": "attnlab-gpt/2"}, "has no 'config' object"),
+        ({"format": "attnlab-gpt/2", "config": [1]}, r"has no 'config' object \(found list\)"),
+        ({"format": "other"}, "has format 'other', expected 'attnlab-gpt/2'"),
+        ({"format": "attnlab-gpt/2", "config": {"vocab_size": 30}}, "the config lacks field"),
+        (
+            {"format": "attnlab-gpt/2", "config": CONFIG.to_dict() | {"n_heads": "3"}},
+            "n_heads must be a positive integer",
+        ),
+        (
+            {"format": "attnlab-gpt/2", "config": CONFIG.to_dict() | {"dropout": "0"}},
+            r"dropout must be a number, got '0'",
+        ),
+        (
+            {"format": "attnlab-gpt/2", "config": CONFIG.to_dict() | {"extra": 1}},
+            r"unknown GPTConfig field\(s\): 'extra'",
+        ),
+    ],
+)
+def test_bad_attnlab_config_json_is_a_clear_error(saved, tmp_path, payload, message):
+    directory, _ = saved
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(payload))
+    (tmp_path / WEIGHTS_FILE).write_bytes((directory / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(ValueError, match=message):
+        GPTModel.load(tmp_path)
+
+
+def test_damaged_attnlab_weights_are_a_clear_error(saved, tmp_path):
+    directory, _ = saved
+    (tmp_path / CONFIG_FILE).write_bytes((directory / CONFIG_FILE).read_bytes())
+    with pytest.raises(ValueError, match=r"has attnlab_gpt\.json but no attnlab_gpt\.safetensors"):
+        GPTModel.load(tmp_path)
+    (tmp_path / WEIGHTS_FILE).write_bytes((directory / WEIGHTS_FILE).read_bytes()[:-7])
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        GPTModel.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.pop("final_norm.bias"), r"1 missing, 0 unexpected\); missing: \['final_norm\.bias'\]"),
+        (lambda s: s.__setitem__("blocks.0.attn.extra", torch.zeros(1)), r"unexpected: \['blocks\.0\.attn\.extra'\]"),
+        (
+            lambda s: s.__setitem__("blocks.1.attn.W_key", torch.zeros(24, 25)),
+            r"'blocks\.1\.attn\.W_key' has shape \(24, 25\)",
+        ),
+        (
+            lambda s: s.__setitem__("blocks.1.attn.b_out", torch.ones(24, dtype=torch.int64)),
+            r"'blocks\.1\.attn\.b_out' has dtype I64",
+        ),
+        (
+            lambda s: s.__setitem__("pos_emb.weight", torch.full((12, 24), float("inf"))),
+            r"'pos_emb\.weight' holds NaN or inf",
+        ),
+    ],
+)
+def test_missing_extra_misshapen_or_integer_tensors_are_refused(saved, tmp_path, edit, message):
+    directory, _ = saved
+    tensors = load_file(directory / WEIGHTS_FILE)
+    edit(tensors)
+    with pytest.raises(ValueError, match=message):
+        GPTModel.load(rewrite(directory, tmp_path, tensors=tensors))
+
+
+def test_load_state_refuses_integer_tensors():
+    from attnlab.gpt.state import export_state, load_state
+
+    model = GPTModel(CONFIG, attn_impl="sdpa")
+    state = export_state(model)
+    state["tok_emb.weight"] = state["tok_emb.weight"].round().to(torch.int64)
+    with pytest.raises(ValueError, match=r"tensor 'tok_emb\.weight' has dtype int64; weights must be floating-point"):
+        load_state(model, state)
+
+
+def test_state_shapes_are_those_export_state_writes():
+    from attnlab.gpt.state import export_state, state_shapes
+
+    for config in (
+        CONFIG,
+        GPTConfig(
+            vocab_size=7, context_length=5, d_model=8, n_layers=3, n_heads=2, qkv_bias=False, tie_embeddings=False
+        ),
+    ):
+        exported = {name: tuple(t.shape) for name, t in export_state(GPTModel(config, attn_impl="einsum")).items()}
+        assert state_shapes(config) == exported
+
+
+def test_a_path_with_a_nul_character_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"weights directory 'a\\x00b' is not a valid path"):
+        load_model("a\x00b")

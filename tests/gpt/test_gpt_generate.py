@@ -84,7 +84,7 @@ def test_iter_generate_streams_one_token_per_row_per_step(model, prompt):
         ({"max_new_tokens": -1}, "max_new_tokens must be a non-negative integer"),
         ({"max_new_tokens": 3, "temperature": -1.0}, "temperature must be >= 0"),
         ({"max_new_tokens": 3, "top_k": 0}, "top_k must be a positive integer"),
-        ({"max_new_tokens": 3, "eos_id": -1}, r"eos_id must be a token id in \[0, "),
+        ({"max_new_tokens": 3, "eos_id": -1}, r"eos_id must be a token id \(an integer >= 0\)"),
         ({"max_new_tokens": 3, "eos_id": 10**6}, r"eos_id must be a token id in \[0, "),
     ],
 )
@@ -108,3 +108,15 @@ def test_sample_next_token_checks_its_own_arguments():
         sample_next_token(logits, temperature=1.0, top_k=0)
     # A tiny temperature is as good as greedy, not a NaN from float32 overflow.
     assert torch.equal(sample_next_token(logits, temperature=1e-30), logits.argmax(dim=-1))
+
+
+def test_sampling_at_the_smallest_temperature_is_greedy_not_nan():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [-5.0, -4.0, 7.5]])  # (2, 3)
+    tokens = sample_next_token(logits, temperature=5e-324, generator=torch.Generator().manual_seed(0))
+    assert tokens.tolist() == [1, 2]
+
+
+def test_sampling_from_nan_logits_is_a_value_error():
+    logits = torch.tensor([[float("nan"), 1.0]])
+    with pytest.raises(ValueError, match="cannot sample: the logits hold NaN or infinite values"):
+        sample_next_token(logits, temperature=1.0)

@@ -1,5 +1,7 @@
 """GPTModel: shapes, position handling, tied head, errors; cache and no cache give the same logits."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -95,3 +97,19 @@ def test_dropout_is_active_in_training_mode_only():
     assert not torch.equal(model(idx), model(idx))  # two dropout masks
     model.eval()
     assert torch.equal(model(idx), model(idx))
+
+
+def test_implementation_without_dropout_builds_for_inference_and_refuses_training():
+    config = GPTConfig(vocab_size=50, context_length=16, d_model=32, n_layers=2, n_heads=4, dropout=0.1)
+    model = GPTModel(config, attn_impl="flash_torch").eval()  # eval mode: dropout does nothing anyway
+    idx = torch.randint(0, 50, (2, 5))
+    assert model(idx).shape == (2, 5, 50)
+    model.train()
+    with pytest.raises(
+        ValueError, match=r"'flash_torch' has no dropout, but the model is in training mode with dropout 0\.1"
+    ):
+        model(idx)
+    # With dropout 0 it trains: nothing is skipped.
+    GPTModel(replace(config, dropout=0.0), attn_impl="flash_torch").train()(idx).sum().backward()
+    # An implementation with dropout trains with it.
+    GPTModel(config, attn_impl="sdpa").train()(idx).sum().backward()

@@ -38,3 +38,14 @@ def test_count_matches_transformers_for_the_tiny_model(tiny_hf):
 
     config = config_from_hf(json.loads((directory / "config.json").read_text()))
     assert count_parameters(config) == hf_model.num_parameters()
+
+
+def test_model_bytes_counts_parameters_and_the_buffers_an_implementation_keeps():
+    from attnlab.gpt.params import model_bytes
+
+    config = GPTConfig(vocab_size=10, context_length=8, d_model=4, n_layers=3, n_heads=2)
+    parameters = count_parameters(config) * 4  # float32
+    assert model_bytes(config, "sdpa") == parameters  # no buffers
+    # ch03 keeps the book's float32 (context, context) mask in each layer; einsum a boolean one.
+    assert model_bytes(config, "ch03") == parameters + 3 * 8 * 8 * 4
+    assert model_bytes(config, "einsum") == parameters + 3 * 8 * 8 * 1

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from attnlab import IMPLEMENTATIONS, build
+from attnlab import IMPLEMENTATIONS, AttentionWeights, build
 from attnlab.registry import get_implementation
 
 
@@ -54,11 +54,52 @@ def test_empty_sequence(name):
         ({"d_in": -3}, "d_in must be a positive integer, got -3"),
         ({"context_length": 0}, "context_length must be a positive integer, got 0"),
         ({"dropout": 1.0}, "dropout 1.0 must be in [0, 1)"),
+        # bools are ints in Python, but True is a mistake where a size is meant
+        ({"num_heads": True}, "num_heads must be a positive integer, got True"),
+        ({"d_in": True}, "d_in must be a positive integer, got True"),
+        ({"d_out": 8.0}, "d_out must be a positive integer, got 8.0"),
+        ({"context_length": True}, "context_length must be a positive integer, got True"),
+        ({"context_length": "6"}, "context_length must be a positive integer, got '6'"),
+        # dropout: a real number, not a string, bool or complex; nan and inf are out of range
+        ({"dropout": "0.1"}, "dropout must be a real number in [0, 1), got '0.1' (str)"),
+        ({"dropout": True}, "dropout must be a real number in [0, 1), got True (bool)"),
+        ({"dropout": 0.1j}, "dropout must be a real number in [0, 1), got 0.1j (complex)"),
+        ({"dropout": None}, "dropout must be a real number in [0, 1), got None (NoneType)"),
+        ({"dropout": float("nan")}, "dropout nan must be in [0, 1)"),
+        ({"dropout": float("inf")}, "dropout inf must be in [0, 1)"),
+        ({"dropout": -0.1}, "dropout -0.1 must be in [0, 1)"),
+        # qkv_bias: exactly True or False
+        ({"qkv_bias": "no"}, "qkv_bias must be True or False, got 'no'"),
+        ({"qkv_bias": 1}, "qkv_bias must be True or False, got 1"),
+        ({"qkv_bias": None}, "qkv_bias must be True or False, got None"),
     ],
 )
 def test_invalid_configuration(name, overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         make(name, **overrides)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_integral_and_real_numbers_of_other_types_are_accepted(name):
+    np = pytest.importorskip("numpy")
+    module = make(name, d_in=np.int64(8), num_heads=np.int32(2), dropout=0)  # int 0 is a fine dropout
+    assert (module.d_in, module.num_heads, module.dropout_p) == (8, 2, 0.0)
+    assert type(module.d_in) is int and type(module.dropout_p) is float
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    ("field", "dtype"), [("W_key", torch.int64), ("b_out", torch.bool), ("b_value", torch.complex64)]
+)
+def test_weights_that_are_not_floating_point_are_refused_not_cast(name, field, dtype):
+    module = make(name, qkv_bias=True)
+    before = module.get_weights()
+    weights = AttentionWeights.random(8, 8, qkv_bias=True)
+    setattr(weights, field, getattr(weights, field).to(dtype))  # after construction: set_weights' own check
+    with pytest.raises(ValueError, match=re.escape(f"weights.{field} is {dtype}; weights must be floating-point")):
+        module.set_weights(weights)
+    after = module.get_weights()
+    assert all(torch.equal(getattr(before, f), getattr(after, f)) for f in ("W_query", "W_key", "b_out", "b_value"))
 
 
 def test_torch_mha_needs_equal_widths():

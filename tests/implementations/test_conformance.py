@@ -2,11 +2,12 @@
 with the independent float64 reference (attnlab.reference) for shared weights."""
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from impl_cases import CPU_IMPLS, Case, compare_with_reference, needs_square
 
-from attnlab import IMPLEMENTATIONS
+from attnlab import IMPLEMENTATIONS, build
 
 FIXED_CASES = [
     Case(batch=2, seq_len=1, d_in=8, d_out=8, num_heads=2, qkv_bias=False, context_length=4),  # one token
@@ -75,3 +76,16 @@ def test_matches_reference_on_random_shapes(name):
         compare_with_reference(name, case, seed)
 
     check()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ch03_and_wrapper_run_the_books_forward_pass_exactly(dtype):
+    # They write the book's steps out (to compute half-precision scores in float32); in float32 and float64
+    # the steps are the book's own, in the book's order, so the results are bitwise the book modules'.
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, dtype=dtype)  # (b, t, d_in)
+    ch03 = build("ch03", d_in=6, d_out=8, num_heads=2, context_length=5, qkv_bias=True).to(dtype)
+    assert torch.equal(ch03(x), ch03.mha(x))
+    wrapper = build("wrapper", d_in=6, d_out=8, num_heads=2, context_length=5, qkv_bias=True).to(dtype)
+    book_heads = torch.cat([head(x) for head in wrapper.heads], dim=-1)  # (b, t, d_out)
+    assert torch.equal(wrapper(x), wrapper.out_proj(book_heads))

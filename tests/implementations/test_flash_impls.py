@@ -32,8 +32,12 @@ def test_flash_torch_module_on_the_notebook_shape_matches_sdpa():
     sdpa = build("sdpa", d_in=64, d_out=64, num_heads=4, context_length=300)
     sdpa.set_weights(flash.get_weights())
     x = torch.randn(2, 300, 64)  # (b, t, d_in)
-    # float32, two different summation orders over 300 keys: agreement to a few 1e-7, far inside 1e-5.
-    torch.testing.assert_close(flash(x), sdpa(x), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        expected = sdpa(x)  # (b, t, d_out)
+        err = ((flash(x) - expected).abs().max() / expected.abs().max()).item()
+    # float32, two different summation orders over 300 keys: measured 1.9e-7 relative to the largest output;
+    # 1e-5 leaves 50x headroom, while a wrong mask or scale errs by 1e-2 or more.
+    assert err <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["flash_torch", "flash_triton"])

@@ -13,8 +13,9 @@ from attnlab.registry import build
 WITH_CACHE = {"ch03", "einsum", "fused_qkv", "sdpa", "sdpa_mask", "flex"}
 # flex compiles per shape (seconds on the CPU); its cached path is fused_qkv's with another backend.
 FAST_WITH_CACHE = sorted(WITH_CACHE - {"flex"})
-# float32, same products in a different grouping: ~1e-7 on outputs of size ~1; a misaligned mask or a
-# dropped cached key changes outputs by 1e-2 or more.
+# float32, same products in a different grouping: measured at most 1.2e-7 relative to the full pass's largest
+# output (0 for ch03 and fused_qkv); 1e-5 leaves 80x headroom, while a misaligned mask or a dropped cached key
+# changes outputs by 1e-2 or more.
 TOL = 1e-5
 
 
@@ -40,7 +41,8 @@ def test_chunks_through_the_cache_equal_one_full_pass(name):
         full = module(x)  # (b, t, d_out)
         chunks = [module.forward_cached(x[:, start:end], cache) for start, end in ((0, 4), (4, 5), (5, 9))]
     assert cache.length == 9
-    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=TOL, rtol=0)
+    cached = torch.cat(chunks, dim=1)  # (b, t, d_out)
+    assert ((cached - full).abs().max() / full.abs().max()).item() <= TOL
 
 
 def test_implementation_without_a_cache_path_says_so():

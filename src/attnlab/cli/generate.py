@@ -9,14 +9,15 @@ from pathlib import Path
 
 import torch
 
-from ..bench.devices import resolve_device
 from ..gpt import iter_generate, kv_cache_implementations, load_model
-from ..gpt.kv_cache import check_kv_cache_support
+from ..gpt.files import check_directory, one_line
+from ..gpt.options import GenerationOptions, check_runnable, resolve_generation_device
+from ..gpt.tokenizer import encode_prompt, load_tokenizer
 from ..implementations import IMPLEMENTATIONS
 
 __all__ = ["add_parser"]
 
-TOKENIZER_FILE = "tokenizer.json"
+_DEFAULTS = GenerationOptions()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Load a GPT-2 checkpoint directory (Hugging Face: config.json + model.safetensors or "
             "pytorch_model.bin; or one saved by attnlab) and continue a prompt, printing tokens as they "
             "are produced. The prompt is encoded with tokenizer.json from the same directory (the "
-            "'tokenizers' package); without one, give token ids with --ids. Nothing is downloaded."
+            "'tokenizers' package); with --ids, token ids are given and printed, and tokenizer.json is not "
+            "read. Nothing is downloaded."
         ),
         epilog=(
             "examples:\n"
@@ -41,15 +43,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text to continue (needs tokenizer.json in --weights)")
     prompt.add_argument("--ids", help="comma-separated prompt token ids, e.g. 6109,3626")
-    parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate (default 30)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default 0)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=_DEFAULTS.max_new_tokens,
+        help=f"tokens to generate (default {_DEFAULTS.max_new_tokens})",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=_DEFAULTS.temperature,
+        help=f"0 is greedy (default {_DEFAULTS.temperature:g})",
+    )
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--eos-id", type=int, default=None, help="stop at this token id")
     parser.add_argument(
         "--impl", default="sdpa", help=f"attention implementation (default sdpa): {', '.join(IMPLEMENTATIONS)}"
     )
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=_DEFAULTS.seed, help=f"random seed for sampling (default {_DEFAULTS.seed})"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     parser.set_defaults(func=run)
 
@@ -58,19 +72,10 @@ def _parse_ids(text: str) -> list[int]:
     try:
         ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--ids must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"--ids must be comma-separated integers, got {one_line(repr(text), 80)}") from None
     if not ids:
         raise ValueError("--ids is empty: give at least one token id")
     return ids
-
-
-def _load_tokenizer(directory: Path):  # -> tokenizers.Tokenizer | None
-    path = directory / TOKENIZER_FILE
-    if not path.is_file():
-        return None
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path))
 
 
 class _Stream:
@@ -111,46 +116,41 @@ class _Stream:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.weights.is_dir():
-        raise ValueError(f"weights directory {args.weights} does not exist")
-    if not args.no_cache:
-        check_kv_cache_support(args.impl)  # before the (slow) load
-    tokenizer = _load_tokenizer(args.weights)
-    if args.prompt is not None:
-        if tokenizer is None:
-            raise ValueError(f"--prompt needs {args.weights / TOKENIZER_FILE}; without it, give --ids")
-        prompt_ids = tokenizer.encode(args.prompt).ids
-        if not prompt_ids:
-            raise ValueError(f"the prompt {args.prompt!r} encodes to no tokens")
-    else:
-        prompt_ids = _parse_ids(args.ids)
-
-    print(f"loading {args.weights} on {args.impl} ...", file=sys.stderr, flush=True)
-    device = resolve_device(args.device)  # an absent device is a clear error, before the load
-    model = load_model(args.weights, attn_impl=args.impl, dropout=0.0).to(device)  # inference only
-    vocab_size = model.config.vocab_size
-    if bad := [i for i in prompt_ids if not 0 <= i < vocab_size]:
-        raise ValueError(f"token ids {bad} are outside the vocabulary [0, {vocab_size})")
-    idx = torch.tensor([prompt_ids], device=device)  # (1, t)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-
-    stream = _Stream(tokenizer, prompt_ids)
-    start = time.perf_counter()
-    for token in iter_generate(
-        model,
-        idx,
-        args.max_new_tokens,
+    options = GenerationOptions(  # every generation argument is checked first, before anything is loaded
+        max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         eos_id=args.eos_id,
         use_cache=not args.no_cache,
-        generator=generator,
-    ):
+        seed=args.seed,
+    )
+    device = resolve_generation_device(args.device)
+    check_runnable(args.impl, device, options.use_cache)
+    check_directory(args.weights)
+    if args.ids is not None:  # ids in, ids out: tokenizer.json is not needed, so not read
+        tokenizer, prompt_ids = None, _parse_ids(args.ids)
+    else:
+        tokenizer = load_tokenizer(args.weights)
+        prompt_ids = encode_prompt(tokenizer, args.prompt)
+
+    print(f"loading {args.weights} on {args.impl} ...", file=sys.stderr, flush=True)
+    model = load_model(args.weights, attn_impl=args.impl).to(device)  # eval mode
+    vocab_size = model.config.vocab_size
+    if bad := [i for i in prompt_ids if not 0 <= i < vocab_size]:
+        raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+    idx = torch.tensor([prompt_ids], device=device)  # (1, t)
+    steps = iter_generate(  # checks the prompt against the context length before the prompt is printed
+        model, idx, options.max_new_tokens, **options.generate_kwargs(), generator=options.make_generator(device)
+    )
+
+    stream = _Stream(tokenizer, prompt_ids)
+    start = time.perf_counter()
+    for token in steps:
         stream.add(int(token[0]))
     elapsed = time.perf_counter() - start
     stream.finish()
     print(flush=True)
-    mode = "no cache" if args.no_cache else "KV cache"
+    mode = "KV cache" if options.use_cache else "no cache"
     num_new = len(stream.new_ids)
     print(
         f"{num_new} tokens in {elapsed:.2f} s ({num_new / max(elapsed, 1e-9):.1f} tokens/s), {args.impl}, {mode}",

@@ -5,7 +5,8 @@
   ``.save(dir)`` / ``.load(dir)``;
 - :class:`KVCache`, :func:`kv_cache_implementations`: decoding against stored keys and values;
 - :func:`count_parameters`: parameter counts on the meta device;
-- :func:`load_model`: an attnlab or Hugging Face GPT-2 checkpoint directory.
+- :func:`load_model`: an attnlab or Hugging Face GPT-2 checkpoint directory (checked before anything is built);
+- :class:`GenerationOptions`: generation arguments, validated before any model is loaded.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from .generate import generate, iter_generate, sample_next_token
 from .hf import load_hf_gpt2
 from .kv_cache import KVCache, kv_cache_implementations
 from .model import GPTModel
+from .options import GenerationOptions
 from .params import count_parameters
 
 __all__ = [
     "PRESETS",
     "GPTConfig",
     "GPTModel",
+    "GenerationOptions",
     "KVCache",
     "count_parameters",
     "generate",

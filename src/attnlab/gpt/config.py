@@ -14,6 +14,12 @@ from typing import Any
 __all__ = ["PRESETS", "GPTConfig"]
 
 
+def _show(value: object) -> str:
+    """``repr(value)`` cut short: a config read from a file can hold a huge string or list anywhere."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """A GPT-2 style decoder: ``n_layers`` pre-LayerNorm blocks of ``n_heads``-head causal attention and a
@@ -33,16 +39,20 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{name} must be a positive integer, got {_show(value)}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        for name in ("dropout", "layer_norm_eps"):  # a JSON config can hold a string or a bool here
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {_show(value)} ({type(value).__name__})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout {self.dropout} must be in [0, 1)")
         if not (math.isfinite(self.layer_norm_eps) and self.layer_norm_eps > 0):
             raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
         for name in ("qkv_bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be True or False, got {_show(getattr(self, name))}")
 
     @property
     def head_dim(self) -> int:
@@ -61,9 +71,12 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
         """The config from :meth:`to_dict`'s output; unknown keys are an error, not silently dropped."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a GPTConfig needs a dict of fields, got {type(values).__name__}")
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown GPTConfig field(s): {', '.join(sorted(unknown))}")
+            names = sorted(map(repr, unknown))  # repr: a JSON key may hold a newline
+            raise ValueError(f"unknown GPTConfig field(s): {', '.join(names[:10])[:300]}")
         return cls(**values)
 
 

@@ -9,13 +9,13 @@ change the model's answer, and GPT-2 has no positions beyond ``context_length``)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
 
 from .kv_cache import check_kv_cache_support
 from .model import GPTModel
+from .options import GenerationOptions
 
 __all__ = ["generate", "iter_generate", "sample_next_token"]
 
@@ -28,22 +28,20 @@ def sample_next_token(
 ) -> torch.Tensor:
     """One token per row of ``logits`` (b, vocab): argmax when ``temperature`` is 0, else a sample from
     softmax(logits / temperature) restricted to the ``top_k`` most likely tokens. Returns (b,)."""
-    _check_sampling(temperature, top_k)
+    GenerationOptions(temperature=temperature, top_k=top_k)  # validates both
     if temperature == 0.0:
         return logits.argmax(dim=-1)  # (b,)
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
         logits = logits.masked_fill(logits < kth_best, float("-inf"))  # (b, vocab)
-    # float64: a tiny temperature would overflow float32 logits / temperature to inf (then NaN probabilities)
-    probs = torch.softmax(logits.double() / temperature, dim=-1)  # (b, vocab)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (b,)
-
-
-def _check_sampling(temperature: float, top_k: int | None) -> None:
-    if not (math.isfinite(temperature) and temperature >= 0.0):
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    # Shifted so the best logit is 0 before dividing: a tiny temperature then sends the others to -inf
+    # (probability 0), never the best one to +inf (a NaN probability). float64 for the division.
+    shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)  # (b, vocab)
+    probs = torch.softmax(shifted / temperature, dim=-1)  # (b, vocab)
+    try:
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (b,)
+    except RuntimeError as error:  # NaN logits (e.g. an overflowing model) make no distribution
+        raise ValueError(f"cannot sample: the logits hold NaN or infinite values ({error})") from error
 
 
 def _check_arguments(
@@ -57,17 +55,15 @@ def _check_arguments(
 ) -> None:
     if idx.dim() != 2 or idx.shape[1] < 1:
         raise ValueError(f"idx must be (batch, tokens) with at least one token, got shape {tuple(idx.shape)}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    GenerationOptions(max_new_tokens, temperature, top_k, eos_id, use_cache)  # validates each value
     total = idx.shape[1] + max_new_tokens
     if total > model.config.context_length:
         raise ValueError(
             f"prompt length {idx.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds "
             f"context_length {model.config.context_length}"
         )
-    _check_sampling(temperature, top_k)
     vocab_size = model.config.vocab_size
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size):
+    if eos_id is not None and eos_id >= vocab_size:
         raise ValueError(f"eos_id must be a token id in [0, {vocab_size}), got {eos_id!r}")
     if use_cache:
         check_kv_cache_support(model.attn_impl)

@@ -5,6 +5,11 @@
 residual connections, dropout), a final LayerNorm and the output head, tied to the token embedding when
 ``config.tie_embeddings``. The same weights give the same logits whichever implementation is chosen:
 the attention weights travel as :class:`~attnlab.weights.AttentionWeights` (see :mod:`.state`).
+
+Dropout and implementations without it (``flex``, ``flash_*``): the model builds, and runs in eval mode,
+whatever ``config.dropout`` says (dropout does nothing in eval mode, so a checkpoint's dropout must not
+stop inference). In training mode such a model refuses to run while ``config.dropout > 0``, with a
+``ValueError``, rather than train without the attention dropout the config asks for.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..registry import build
+from ..registry import build, get_implementation
 from .config import GPTConfig
 from .kv_cache import KVCache, LayerKVCache
 
@@ -39,6 +44,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, config: GPTConfig, attn_impl: str) -> None:
         super().__init__()
+        # An implementation without dropout gets 0 (see the module docstring); GPTModel refuses training.
+        attn_dropout = config.dropout if get_implementation(attn_impl).capabilities.dropout else 0.0
         self.norm1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.attn = build(
             attn_impl,
@@ -46,7 +53,7 @@ class TransformerBlock(nn.Module):
             d_out=config.d_model,
             num_heads=config.n_heads,
             context_length=config.context_length,
-            dropout=config.dropout,
+            dropout=attn_dropout,
             qkv_bias=config.qkv_bias,
         )
         self.norm2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
@@ -69,6 +76,8 @@ class GPTModel(nn.Module):
             raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
         self.attn_impl = attn_impl
+        # (an unknown name fails here, with the list of valid ones)
+        self._attn_has_dropout = get_implementation(attn_impl).capabilities.dropout
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.context_length, config.d_model)
         self.drop_emb = nn.Dropout(config.dropout)
@@ -85,6 +94,12 @@ class GPTModel(nn.Module):
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits for token ids ``idx`` (b, t). With ``cache``, ``idx`` are the tokens after the
         ``cache.length`` cached ones: they get positions from there on, and are appended to it."""
+        if self.training and self.config.dropout > 0 and not self._attn_has_dropout:
+            raise ValueError(
+                f"attention implementation {self.attn_impl!r} has no dropout, but the model is in training mode "
+                f"with dropout {self.config.dropout}: call .eval() for inference, or train with dropout 0.0 or "
+                "an implementation that has dropout"
+            )
         if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise ValueError(f"idx must be 2-D integer token ids (batch, tokens), got {idx.dtype} {tuple(idx.shape)}")
         t = idx.shape[1]
@@ -130,21 +145,34 @@ class GPTModel(nn.Module):
         )
 
     @classmethod
-    def from_hf(cls, path: str | Path, attn_impl: str = "sdpa", dropout: float | None = None) -> GPTModel:
+    def from_hf(
+        cls,
+        path: str | Path,
+        attn_impl: str = "sdpa",
+        dropout: float | None = None,
+        max_bytes: int | None = None,
+    ) -> GPTModel:
         """Load a Hugging Face GPT-2 checkpoint directory (see :func:`.hf.load_hf_gpt2`), in eval mode."""
         from .hf import load_hf_gpt2  # imported here: hf.py builds GPTModel, so it imports this module
 
-        return load_hf_gpt2(path, attn_impl=attn_impl, dropout=dropout)
+        return load_hf_gpt2(path, attn_impl=attn_impl, dropout=dropout, max_bytes=max_bytes)
 
     @classmethod
-    def load(cls, path: str | Path, attn_impl: str = "sdpa", dropout: float | None = None) -> GPTModel:
+    def load(
+        cls,
+        path: str | Path,
+        attn_impl: str = "sdpa",
+        dropout: float | None = None,
+        max_bytes: int | None = None,
+    ) -> GPTModel:
         """Load a checkpoint written by :meth:`save` (see :func:`.checkpoint.load_checkpoint`), in eval mode."""
         from .checkpoint import load_checkpoint  # imported here, as from_hf's import
 
-        return load_checkpoint(path, attn_impl=attn_impl, dropout=dropout)
+        return load_checkpoint(path, attn_impl=attn_impl, dropout=dropout, max_bytes=max_bytes)
 
     def save(self, path: str | Path) -> None:
-        """Write this model's config and weights (safetensors, implementation-independent) into ``path``."""
+        """Write this model's config and weights (safetensors, implementation-independent) as the directory
+        ``path``, as a whole (see :func:`.checkpoint.save_checkpoint`)."""
         from .checkpoint import save_checkpoint  # imported here, as from_hf's import
 
         save_checkpoint(self, path)

@@ -21,8 +21,9 @@ inside PyTorch.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
 import torch
@@ -85,26 +86,34 @@ class MultiHeadAttentionBase(nn.Module):
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("d_in", d_in), ("d_out", d_out), ("num_heads", num_heads)):
-            if not isinstance(value, int) or value < 1:
+        for name, value in (
+            ("d_in", d_in),
+            ("d_out", d_out),
+            ("num_heads", num_heads),
+            ("context_length", context_length),
+        ):
+            # bool is a subclass of int in Python; True is a mistake here, not the number 1.
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(context_length, int) or context_length < 1:
-            raise ValueError(f"context_length must be a positive integer, got {context_length!r}")
         if d_out % num_heads != 0:
             raise ValueError(f"d_out {d_out} is not divisible by num_heads {num_heads}")
-        if not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+            raise ValueError(f"dropout must be a real number in [0, 1), got {dropout!r} ({type(dropout).__name__})")
+        if not 0.0 <= dropout < 1.0:  # also refuses nan, for which every comparison is False
             raise ValueError(f"dropout {dropout} must be in [0, 1)")
+        if not isinstance(qkv_bias, bool):
+            raise ValueError(f"qkv_bias must be True or False, got {qkv_bias!r}")
         name = type(self).__name__
         if dropout > 0.0 and not self.capabilities.dropout:
             raise ValueError(f"{name} does not support dropout; got dropout={dropout}, use 0.0")
         if self.capabilities.needs_d_in_equal_d_out and d_in != d_out:
             raise ValueError(f"{name} needs d_in == d_out, got d_in {d_in} and d_out {d_out}")
-        self.d_in = d_in
-        self.d_out = d_out
-        self.num_heads = num_heads
-        self.head_dim = d_out // num_heads
-        self.context_length = context_length
-        self.dropout_p = dropout
+        self.d_in = int(d_in)
+        self.d_out = int(d_out)
+        self.num_heads = int(num_heads)
+        self.head_dim = self.d_out // self.num_heads
+        self.context_length = int(context_length)
+        self.dropout_p = float(dropout)
         self.qkv_bias = qkv_bias
 
     # -- the interface ------------------------------------------------------------------------------
@@ -172,7 +181,12 @@ class MultiHeadAttentionBase(nn.Module):
             )
 
     def check_weights(self, weights: AttentionWeights) -> None:
-        """Raise ``ValueError`` unless ``weights`` fit this module's d_in, d_out and qkv_bias."""
+        """Raise ``ValueError`` unless ``weights`` fit this module's d_in, d_out and qkv_bias and every
+        tensor is floating point (integer, bool or complex weights would be cast silently by the copy)."""
+        for field in fields(weights):
+            tensor = getattr(weights, field.name)
+            if tensor is not None and not tensor.is_floating_point():
+                raise ValueError(f"weights.{field.name} is {tensor.dtype}; weights must be floating-point tensors")
         if (weights.d_in, weights.d_out) != (self.d_in, self.d_out):
             raise ValueError(
                 f"weights are for d_in={weights.d_in}, d_out={weights.d_out}; "

@@ -12,12 +12,19 @@ from ..chapter3 import MultiHeadAttention
 from ..weights import AttentionWeights
 from .base import MultiHeadAttentionBase, copy_into
 from .kv_cache import LayerKVCache
+from .precision import float32_if_half
 
 __all__ = ["Ch03Attention"]
 
 
 class Ch03Attention(MultiHeadAttentionBase):
-    """The book's class itself, behind the common interface: three q/k/v linears split into heads."""
+    """The book's class behind the common interface: its layers (three q/k/v linears split into heads, the
+    output projection, dropout, the mask buffer) and its forward pass, step by step.
+
+    The steps are the book's, with one addition: for float16/bfloat16 inputs the scores and the softmax run
+    in float32 (see :mod:`attnlab.implementations.precision`), where the book's forward would overflow
+    float16 and lose bfloat16's precision. For float32 and float64 the result is exactly the book's module's.
+    """
 
     def __init__(
         self,
@@ -40,7 +47,12 @@ class Ch03Attention(MultiHeadAttentionBase):
         self.mha = MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mha(x)  # (b, t, d_out)
+        t = x.shape[1]
+        mha = self.mha
+        queries = self.split_heads(mha.W_query(x))  # (b, h, t, hd)
+        keys = self.split_heads(mha.W_key(x))  # (b, h, t, hd)
+        values = self.split_heads(mha.W_value(x))  # (b, h, t, hd)
+        return self._attend_heads(queries, keys, values, future=mha.mask.bool()[:t, :t])  # (b, t, d_out)
 
     def attend_cached(self, x: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
         """The book's forward pass for new tokens only, against cached keys and values: same layers,
@@ -50,11 +62,18 @@ class Ch03Attention(MultiHeadAttentionBase):
         queries = self.split_heads(mha.W_query(x))  # (b, h, t, hd)
         keys, values = cache.append(self.split_heads(mha.W_key(x)), self.split_heads(mha.W_value(x)))
         t_k = keys.shape[2]  # cached tokens + these t, (b, h, t_k, hd)
+        return self._attend_heads(queries, keys, values, future=~causal_mask(t, t_k, x.device))  # (b, t, d_out)
 
-        attn_scores = queries @ keys.transpose(2, 3)  # (b, h, t, t_k)
-        attn_scores.masked_fill_(~causal_mask(t, t_k, x.device), -torch.inf)
+    def _attend_heads(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, future: torch.Tensor
+    ) -> torch.Tensor:
+        """The book's core on queries (b, h, t, hd) and keys/values (b, h, t_k, hd), ``future`` (t, t_k) True
+        where a query may not look: scores, mask, scaled softmax, dropout, weighted values, output projection."""
+        mha = self.mha
+        attn_scores = float32_if_half(queries) @ float32_if_half(keys).transpose(2, 3)  # (b, h, t, t_k)
+        attn_scores.masked_fill_(future, -torch.inf)
         attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (b, h, t, t_k)
-        attn_weights = mha.dropout(attn_weights)
+        attn_weights = mha.dropout(attn_weights.to(values.dtype))  # back to the values' dtype
 
         context_vec = self.merge_heads(attn_weights @ values)  # (b, t, d_out)
         return mha.out_proj(context_vec)  # (b, t, d_out)

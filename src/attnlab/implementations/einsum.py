@@ -15,6 +15,7 @@ from ..backends.common import causal_mask
 from ..weights import AttentionWeights
 from .base import MultiHeadAttentionBase, copy_into
 from .kv_cache import LayerKVCache
+from .precision import float32_if_half
 
 __all__ = ["EinsumAttention"]
 
@@ -68,14 +69,7 @@ class EinsumAttention(MultiHeadAttentionBase):
         queries = self.split_heads(self._project(x, self.W_query, self.b_query))  # (b, h, t, hd)
         keys = self.split_heads(self._project(x, self.W_key, self.b_key))  # (b, h, t, hd)
         values = self.split_heads(self._project(x, self.W_value, self.b_value))  # (b, h, t, hd)
-
-        attn_scores = torch.einsum("bhtd,bhsd->bhts", queries, keys)  # (b, h, t, t)
-        attn_scores = attn_scores.masked_fill(self.mask[:t, :t], float("-inf"))
-        attn_weights = torch.softmax(attn_scores * self.head_dim**-0.5, dim=-1)  # (b, h, t, t)
-        attn_weights = self.dropout(attn_weights)
-
-        context_vec = torch.einsum("bhts,bhsd->bhtd", attn_weights, values)  # (b, h, t, hd)
-        return self.out_proj(self.merge_heads(context_vec))  # (b, t, d_out)
+        return self._attend_heads(queries, keys, values, future=self.mask[:t, :t])  # (b, t, d_out)
 
     def attend_cached(self, x: torch.Tensor, cache: LayerKVCache) -> torch.Tensor:
         """``attend`` for new tokens only: s now runs over the cached keys plus the new ones."""
@@ -85,12 +79,19 @@ class EinsumAttention(MultiHeadAttentionBase):
             self.split_heads(self._project(x, self.W_key, self.b_key)),
             self.split_heads(self._project(x, self.W_value, self.b_value)),
         )  # (b, h, s, hd) each, s = cached + t
-
-        attn_scores = torch.einsum("bhtd,bhsd->bhts", queries, keys)  # (b, h, t, s)
         # The t new queries are the last t of the s positions: mask aligned bottom-right.
-        attn_scores = attn_scores.masked_fill(~causal_mask(t, keys.shape[2], x.device), float("-inf"))
+        future = ~causal_mask(t, keys.shape[2], x.device)  # (t, s)
+        return self._attend_heads(queries, keys, values, future)  # (b, t, d_out)
+
+    def _attend_heads(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, future: torch.Tensor
+    ) -> torch.Tensor:
+        """Queries (b, h, t, hd) against keys/values (b, h, s, hd); ``future`` (t, s) is True where a query
+        may not look. Scores and softmax in float32 for half-precision inputs (see ``precision``)."""
+        attn_scores = torch.einsum("bhtd,bhsd->bhts", float32_if_half(queries), float32_if_half(keys))  # (b, h, t, s)
+        attn_scores = attn_scores.masked_fill(future, float("-inf"))
         attn_weights = torch.softmax(attn_scores * self.head_dim**-0.5, dim=-1)  # (b, h, t, s)
-        attn_weights = self.dropout(attn_weights)
+        attn_weights = self.dropout(attn_weights.to(values.dtype))  # back to the values' dtype
 
         context_vec = torch.einsum("bhts,bhsd->bhtd", attn_weights, values)  # (b, h, t, hd)
         return self.out_proj(self.merge_heads(context_vec))  # (b, t, d_out)

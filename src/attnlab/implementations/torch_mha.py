@@ -2,6 +2,15 @@
 
 ``torch_mha`` asks for the averaged attention weights (``need_weights=True``), which forces the
 unfused path; ``torch_mha_fast`` passes ``need_weights=False`` so PyTorch may use SDPA inside.
+
+Half precision: the unfused path, and the native inference fast path that ``torch_mha_fast`` takes in eval
+mode without gradients (with q/k/v biases and an even number of heads), compute the attention scores in the
+input dtype, so finite float16 inputs can give NaN (the scores overflow 65504) and bfloat16 rounds large
+logits (see :mod:`attnlab.implementations.precision`). PyTorch offers no option to change that, so for
+float16/bfloat16 inputs both modules run ``nn.MultiheadAttention`` on float32 copies of the input and the
+parameters and cast the output back: the answer is right (gradients reach the half-precision parameters
+through the casts), at float32's cost in time and memory, which half-precision benchmarks of these two
+measure.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from torch import nn
 
 from ..weights import AttentionWeights
 from .base import Capabilities, MultiHeadAttentionBase, copy_into
+from .precision import HALF_PRECISION
 
 __all__ = ["TorchMHAAttention", "TorchMHAFastAttention"]
 
@@ -54,15 +64,20 @@ class TorchMHAAttention(MultiHeadAttentionBase):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
-        context_vec, _ = self.mha(
-            x,
-            x,
-            x,
-            attn_mask=self.mask[:t, :t],
-            is_causal=True,  # a hint that attn_mask is causal; the mask is still required
-            need_weights=self.need_weights,
-        )  # (b, t, d_out)
-        return context_vec
+        options = {
+            "attn_mask": self.mask[:t, :t],  # (t, t)
+            "is_causal": True,  # a hint that attn_mask is causal; the mask is still required
+            "need_weights": self.need_weights,
+        }
+        if x.dtype not in HALF_PRECISION:
+            context_vec, _ = self.mha(x, x, x, **options)  # (b, t, d_out)
+            return context_vec
+        # float32 copies of the parameters, swapped in for this call only; x32 is passed three times so that
+        # PyTorch still sees self-attention (one packed projection, the fast path when eligible).
+        params = {name: param.float() for name, param in self.mha.named_parameters()}
+        x32 = x.float()  # (b, t, d_in)
+        context_vec, _ = torch.func.functional_call(self.mha, params, (x32, x32, x32), options)  # (b, t, d_out)
+        return context_vec.to(x.dtype)
 
     def set_weights(self, weights: AttentionWeights) -> None:
         self.check_weights(weights)

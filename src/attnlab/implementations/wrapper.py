@@ -2,6 +2,9 @@
 
 Unlike :class:`attnlab.chapter3.MultiHeadAttentionWrapper` (heads of width d_out, output num_heads *
 d_out), this version splits d_out among the heads so that it computes the same function as the others.
+Each head runs :class:`~attnlab.chapter3.CausalAttention`'s forward pass step by step, with one addition:
+for float16/bfloat16 inputs the scores and the softmax run in float32 (see
+:mod:`attnlab.implementations.precision`); for float32 and float64 each head's output is exactly the book's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch import nn
 from ..chapter3 import CausalAttention
 from ..weights import AttentionWeights
 from .base import MultiHeadAttentionBase, copy_into
+from .precision import float32_if_half
 
 __all__ = ["WrapperAttention"]
 
@@ -45,8 +49,23 @@ class WrapperAttention(MultiHeadAttentionBase):
         self.out_proj = nn.Linear(d_out, d_out)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        context_vec = torch.cat([head(x) for head in self.heads], dim=-1)  # (b, t, d_out)
+        context_vec = torch.cat([self._attend_head(head, x) for head in self.heads], dim=-1)  # (b, t, d_out)
         return self.out_proj(context_vec)  # (b, t, d_out)
+
+    @staticmethod
+    def _attend_head(head: CausalAttention, x: torch.Tensor) -> torch.Tensor:
+        """``head(x)``, the book's single-head causal attention (b, t, d_in) -> (b, t, head_dim), with the
+        scores and softmax in float32 for half-precision inputs."""
+        t = x.shape[1]
+        keys = head.W_key(x)  # (b, t, hd)
+        queries = head.W_query(x)  # (b, t, hd)
+        values = head.W_value(x)  # (b, t, hd)
+
+        attn_scores = float32_if_half(queries) @ float32_if_half(keys).transpose(1, 2)  # (b, t, t)
+        attn_scores.masked_fill_(head.mask.bool()[:t, :t], -torch.inf)
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (b, t, t)
+        attn_weights = head.dropout(attn_weights.to(values.dtype))  # back to the values' dtype
+        return attn_weights @ values  # (b, t, hd)
 
     def set_weights(self, weights: AttentionWeights) -> None:
         self.check_weights(weights)
