@@ -12,7 +12,7 @@ effect.
 
 A backend that lacks a feature a model needs must refuse it by name (the registry's ValueError); the
 parametrisation runs every backend on every model and asserts one or the other, so no case is skipped: when a
-backend gains a feature (flash_torch's GQA, windows, softcap and sinks), its cases turn into equality checks.
+backend gains a feature (as flash_torch gained GQA, windows, softcap and sinks), its cases turn into equality checks.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def test_a_dropped_window_is_caught_by_the_mask_check():
         logits(model, without("sliding_window"), input_ids=ids())
 
 
-@pytest.mark.parametrize("backend", ["naive", "sdpa_mask"])
+@pytest.mark.parametrize("backend", BRIDGED)
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding(side, backend):
     # Row 0 has 4 padding tokens; its real tokens' logits must equal eager's (padding positions mean nothing).
@@ -182,11 +182,11 @@ def test_padding(side, backend):
     assert relative_error(got[real], want[real]) <= RTOL
 
 
-@pytest.mark.parametrize("backend", ["naive", "sdpa_mask"])
+@pytest.mark.parametrize("backend", BRIDGED)
 def test_packed_sequences_from_position_ids(backend):
     # One row packing sequences of 5, 3 and 4 tokens (positions restart at 0): transformers finds the packing
     # in position_ids (only without a cache) and masks across sequences; attnlab turns that mask into seq_lens.
-    model = build("gemma2" if backend == "naive" else "mistral")
+    model = build("gemma2" if "softcap" in BACKENDS[backend].features else "mistral")
     position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]])
     inputs = {"input_ids": ids(batch=1), "position_ids": position_ids, "use_cache": False}
     want = logits(model, "eager", **inputs)
@@ -195,8 +195,9 @@ def test_packed_sequences_from_position_ids(backend):
     assert relative_error(logits(model, "eager", input_ids=inputs["input_ids"], use_cache=False), want) > 1e-2
 
 
+@pytest.mark.parametrize("backend", [name for name in BRIDGED if "sinks" in BACKENDS[name].features])
 @pytest.mark.parametrize("left_padding", [0, 3])
-def test_decoding_with_a_cache(left_padding):
+def test_decoding_with_a_cache(left_padding, backend):
     # Prefill 7 tokens, then decode 5 one at a time through the KV cache (sliding-window layers keep only the
     # window): every step's logits equal eager's. With left padding the cached keys start with padding.
     model = build("gpt_oss")
@@ -204,7 +205,7 @@ def test_decoding_with_a_cache(left_padding):
     attention_mask = torch.ones(2, 12, dtype=torch.long)
     attention_mask[1, :left_padding] = 0
     steps = {}
-    for implementation in ("eager", NAMES["naive"]):
+    for implementation in ("eager", NAMES[backend]):
         model.set_attn_implementation(implementation)
         with torch.no_grad():
             out = model(input_ids=tokens[:, :7], attention_mask=attention_mask[:, :7], use_cache=True)
@@ -214,7 +215,7 @@ def test_decoding_with_a_cache(left_padding):
                 cache = out.past_key_values
                 per_step.append(out.logits[:, -1])
         steps[implementation] = torch.stack(per_step)  # (6, b, vocab)
-    assert relative_error(steps[NAMES["naive"]], steps["eager"]) <= RTOL
+    assert relative_error(steps[NAMES[backend]], steps["eager"]) <= RTOL
 
 
 def test_training_dropout_is_refused_by_backends_without_it():
