@@ -87,7 +87,7 @@ def check_forward_only(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     if not torch.is_grad_enabled():
         return
     tensors = {"q": q, "k": k, "v": v, "sinks": spec.sinks, "alibi_slopes": spec.alibi_slopes}
-    needing = [name for name, tensor in tensors.items() if tensor is not None and tensor.requires_grad]
+    needing = [arg for arg, tensor in tensors.items() if tensor is not None and tensor.requires_grad]
     if needing:
         raise ValueError(
             f"{name} is forward-only (decoding is inference) but {', '.join(needing)} require grad; run it under "
