@@ -5,8 +5,9 @@ key (t_q > t_k) outputs zeros, with finite gradients. The reference below is wri
 sentence alone, one query row at a time in float64, independent of every backend's masking code.
 
 Exceptions, tested as such: ``flex`` refuses t_q > t_k with a ValueError and has no CPU backward;
-``flash_triton`` runs on the CPU only in Triton's interpreter, so its CPU check lives in
-test_flash_triton.py's interpreter suite and it is checked here on CUDA only.
+``flash_triton`` and ``flash_decode_triton`` run on the CPU only in Triton's interpreter, so their CPU checks
+live in their interpreter suites and they are checked here on CUDA only. Backends that declare no backward on
+a device (``Backend.no_backward_on``: the forward-only decoding backends) are checked forward only there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from attnlab.backends import BACKENDS
 
 PAIRS = [(6, 6), (4, 9), (9, 4), (1, 5), (5, 1)]
+#: Backends whose CPU runs need Triton's interpreter (checked on CUDA here).
+TRITON = ("flash_triton", "flash_decode_triton")
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 #: Limit relative to the reference's magnitude: float32 against float64 on rows of at most 9 keys, measured
 #: <= 6.5 float32 ulps of the magnitude on an Intel CPU (sdpa's dq); 64 ulps (7.6e-6) equal the former
@@ -77,9 +80,9 @@ def check(name: str, t_q: int, t_k: int, causal: bool, device: str, backward: bo
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize(("t_q", "t_k"), PAIRS)
-@pytest.mark.parametrize("name", [n for n in BACKENDS if n not in ("flex", "flash_triton")])
+@pytest.mark.parametrize("name", [n for n in BACKENDS if n not in ("flex", *TRITON)])
 def test_backend_follows_convention(name, t_q, t_k, causal, device):
-    check(name, t_q, t_k, causal, device)
+    check(name, t_q, t_k, causal, device, backward=device not in BACKENDS[name].no_backward_on)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -94,5 +97,6 @@ def test_flex_bottom_right_and_refusal(device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: see test_flash_triton.py)")
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize(("t_q", "t_k"), PAIRS)
-def test_flash_triton_follows_convention_on_cuda(t_q, t_k, causal):
-    check("flash_triton", t_q, t_k, causal, "cuda")
+@pytest.mark.parametrize("name", TRITON)
+def test_triton_backends_follow_convention_on_cuda(name, t_q, t_k, causal):
+    check(name, t_q, t_k, causal, "cuda", backward="cuda" not in BACKENDS[name].no_backward_on)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..availability import missing_packages_reason
-from . import flash_torch, flash_triton, flex, naive, sdpa
+from . import flash_decode_torch, flash_decode_triton, flash_torch, flash_triton, flex, naive, sdpa
 from .common import causal_mask
 from .spec import FEATURES, AttentionSpec
 
@@ -148,5 +148,20 @@ BACKENDS: dict[str, Backend] = {
         flash_triton.FEATURES,
         requires=("triton",),
         device_reason=flash_triton.unsupported_device_reason,
+    ),
+    "flash_decode_torch": Backend(
+        "flash_decode_torch",
+        flash_decode_torch.flash_decode_torch_attention,
+        "split-KV decoding (flash-decoding) in plain PyTorch: key chunks in parallel, merged on the lse",
+        flash_decode_torch.FEATURES,
+        no_backward_on=flash_decode_torch.ALL_DEVICE_TYPES,
+    ),
+    "flash_decode_triton": Backend(
+        "flash_decode_triton",
+        flash_decode_triton.flash_decode_triton_attention,
+        "split-KV decoding Triton kernels (CUDA; the CPU only under TRITON_INTERPRET=1), forward only",
+        flash_decode_triton.FEATURES,
+        no_backward_on=flash_decode_torch.ALL_DEVICE_TYPES,
+        requires=("triton",),
     ),
 }
