@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-__all__ = ["bad_cases", "good_cases", "run_rank"]
+__all__ = ["bad_cases", "good_cases", "run_rank", "triton_cases"]
 
 FLOOR = 8 * torch.finfo(torch.float32).eps
 TOKENS = 16  # 2 * world chunks of 4 (2 ranks) or 2 (4 ranks) with load balancing: every block kind occurs
@@ -45,6 +45,11 @@ def good_cases(world: int, backends: tuple[str, ...] = ("naive", "flash_torch"))
         for lb in (True, False)
         for bk in backends
     ]
+
+
+def triton_cases(world: int) -> list[dict]:
+    """flash_triton (in Triton's interpreter, slow on a CPU): the windowed GQA configuration, every strategy."""
+    return [c for c in good_cases(world, ("flash_triton",)) if c["name"] == "window_gqa_sinks" and c["load_balance"]]
 
 
 def bad_cases(world: int) -> list[dict]:
@@ -176,7 +181,13 @@ def _run_bad(case: dict, world: int) -> None:
 
 
 def run_rank(rank: int, world: int, store: str, result_dir: str, cases: list[dict]) -> None:
-    """Entry point of a spawned rank (``torch.multiprocessing.start_processes`` passes ``rank`` first)."""
+    """Entry point of a spawned rank (``torch.multiprocessing.start_processes`` passes ``rank`` first).
+
+    Cases on ``flash_triton`` run its kernels in Triton's interpreter, switched on here, before anything in
+    this fresh process imports triton.
+    """
+    if any(case.get("backend") == "flash_triton" for case in cases):
+        os.environ["TRITON_INTERPRET"] = "1"
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
@@ -191,4 +202,3 @@ def run_rank(rank: int, world: int, store: str, result_dir: str, cases: list[dic
     dist.barrier()
     Path(result_dir, f"rank{rank}.json").write_text(json.dumps({"ran": len(cases), "failures": failures}))
     dist.destroy_process_group()
-    os.environ.pop("MASTER_ADDR", None)

@@ -33,7 +33,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _blocks(layout: SequenceLayout, rank: int, source: int, causal: bool, window: int | None, q, k, v, attend):
-    """Yield (query piece, (out, lse)) for every visible pair of this rank's query chunks and ``source``'s key chunks."""
+    """Yield (query piece, (out, lse)) for each visible (local query chunk, ``source`` key chunk) pair."""
     for q_piece in layout.pieces(rank):
         q_rows = q[:, :, q_piece.offset : q_piece.offset + q_piece.length]  # (b, h, chunk, d)
         for k_piece in layout.pieces(source):
