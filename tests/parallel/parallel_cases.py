@@ -37,11 +37,13 @@ def good_cases(world: int, backends: tuple[str, ...] = ("naive", "flash_torch"))
         dict(name="full", h=world, h_kv=world, causal=False),
         dict(name="causal_gqa_lse", h=2 * world, h_kv=world, causal=True, return_lse=True),
         dict(name="window_gqa_sinks", h=2 * world, h_kv=world, causal=True, window=5, softcap=4.0, sinks=True),
+        # ulysses only: the options that need global positions (ring and all_gather refuse them)
+        dict(name="alibi_packed", h=world, h_kv=world, causal=True, alibi=True, seq_lens=(5, TOKENS - 5)),
     ]
     return [
         dict(kind="good", strategy=s, backend=bk, load_balance=lb, **c)
         for c in configs
-        for s in ("ring", "all_gather", "ulysses")
+        for s in (("ulysses",) if c["name"] == "alibi_packed" else ("ring", "all_gather", "ulysses"))
         for lb in (True, False)
         for bk in backends
     ]
@@ -60,6 +62,8 @@ def bad_cases(world: int) -> list[dict]:
         dict(kind="bad", match="k/v heads = 1", call=dict(strategy="ulysses"), h_kv=1),
         dict(kind="bad", match=f"multiple of {2 * world}", local_tokens=3),
         dict(kind="bad", match="does not support alibi_slopes", call=dict(alibi=True)),
+        dict(kind="bad", match="does not support seq_lens", call=dict(strategy="all_gather", seq_lens=[2 * world])),
+        dict(kind="bad", match="whole sequence", call=dict(strategy="ulysses", seq_lens=[2])),
         dict(kind="bad", match="unknown attention option", call=dict(flavour=1)),
         dict(kind="bad_shard", match=f"multiple of {2 * world}"),
     ]
@@ -79,6 +83,10 @@ def _options(case: dict, sinks: torch.Tensor | None) -> dict:
     options = dict(causal=case["causal"], window=case.get("window"), softcap=case.get("softcap"))
     if case.get("sinks"):
         options["sinks"] = sinks
+    if case.get("alibi"):  # fixed slopes (flash_torch refuses learned ones): 2^(-8 (i+1) / h), as in ALiBi
+        options["alibi_slopes"] = 2.0 ** (-8.0 * torch.arange(1, case["h"] + 1) / case["h"])  # (h,)
+    if case.get("seq_lens"):
+        options["seq_lens"] = case["seq_lens"]
     return options
 
 

@@ -26,11 +26,11 @@ __all__ = ["STRATEGIES", "context_parallel_attention"]
 STRATEGIES: dict[str, frozenset[str]] = {
     "ring": frozenset({"gqa", "window", "softcap", "sinks", "return_lse"}),
     "all_gather": frozenset({"gqa", "window", "softcap", "sinks", "return_lse"}),
-    "ulysses": frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "return_lse", "dropout"}),
+    "ulysses": frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse", "dropout"}),
 }
 _WHY_NOT = {
     "alibi_slopes": "ALiBi needs each score's global distance, which the per-chunk calls do not see",
-    "seq_lens": "packed sequences would need their boundaries cut at the shard edges",
+    "seq_lens": "packed sequences would need their boundaries cut at the chunk edges",
     "dropout": "the dropout masks would not match a single-process run",
 }
 
@@ -106,12 +106,17 @@ def context_parallel_attention(
         spec = AttentionSpec(**spec_options)
     except TypeError as error:
         raise ValueError(f"unknown attention option in {sorted(spec_options)}: {error}") from None
-    spec.check(q, k, v)
+    dataclasses.replace(spec, seq_lens=None).check(q, k, v)  # seq_lens counts the global tokens: checked below
     _check_features(strategy, spec, q, k, chosen)
     require_initialized()
     world = group_size(group)
     _check_shapes(strategy, q, k, world)
     layout = SequenceLayout.from_local(q.shape[2], world, load_balance)
+    if spec.seq_lens is not None and sum(spec.seq_lens) != layout.tokens:
+        raise ValueError(
+            f"seq_lens {list(spec.seq_lens)} sum to {sum(spec.seq_lens)}, not to the {layout.tokens} tokens of the "
+            f"whole sequence ({world} ranks x {q.shape[2]} local tokens)"
+        )
 
     if strategy == "ulysses":
         return ulysses_attention(q, k, v, layout, spec, chosen, group)
