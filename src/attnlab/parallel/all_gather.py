@@ -11,10 +11,15 @@ gather reduce-scatters: each rank gets the sum of every rank's gradient for its 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 
 from ..backends.spec import AttentionSpec
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 from .comm import gather_tokens, group_rank
 from .layout import SequenceLayout
 
@@ -27,7 +32,7 @@ def all_gather_attention(
     v: torch.Tensor,
     layout: SequenceLayout,
     spec: AttentionSpec,
-    backend,
+    backend: Backend,
     group: dist.ProcessGroup | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (b, h, t_local, d), lse (b, h, t_local)) of the local queries; ``spec`` asks for the lse."""

@@ -16,12 +16,14 @@ gathers the full sequence, forward or backward.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 
 from .blocks import Attend, block_attention
 from .comm import group_rank, group_size, ring_shift
-from .layout import SequenceLayout
+from .layout import Piece, SequenceLayout
 from .merge import merge_into, part_grads
 
 __all__ = ["ring_attention"]
@@ -32,7 +34,17 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _blocks(layout: SequenceLayout, rank: int, source: int, causal: bool, window: int | None, q, k, v, attend):
+def _blocks(
+    layout: SequenceLayout,
+    rank: int,
+    source: int,
+    causal: bool,
+    window: int | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attend: Attend,
+) -> Iterator[tuple[Piece, tuple[torch.Tensor, torch.Tensor]]]:
     """Yield (query piece, (out, lse)) for each visible (local query chunk, ``source`` key chunk) pair."""
     for q_piece in layout.pieces(rank):
         q_rows = q[:, :, q_piece.offset : q_piece.offset + q_piece.length]  # (b, h, chunk, d)
@@ -91,7 +103,7 @@ class _RingAttention(torch.autograd.Function):
                         dlse[:, :, rows],
                         out[:, :, rows],
                         lse[:, :, rows],
-                        out_part.to(acc),
+                        out_part.detach().to(acc),
                         lse_part.detach().to(acc),
                     )
                     grads = torch.autograd.grad(

@@ -10,18 +10,22 @@ so the backward is two all-to-alls of the gradients.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from ..backends.spec import AttentionSpec
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 from .comm import all_to_all, group_rank, group_size
 from .layout import SequenceLayout
 
 __all__ = ["ulysses_attention"]
 
 
-def _to_heads(x: torch.Tensor, world: int, group) -> torch.Tensor:
+def _to_heads(x: torch.Tensor, world: int, group: dist.ProcessGroup | None) -> torch.Tensor:
     """(b, h, t_local, d) sequence shard -> (b, h/world, world * t_local, d), tokens in rank order."""
     b, h, t_local, d = x.shape
     blocks = x.reshape(b, world, h // world, t_local, d).movedim(1, 0)  # (world, b, h/world, t_local, d)
@@ -29,7 +33,7 @@ def _to_heads(x: torch.Tensor, world: int, group) -> torch.Tensor:
     return received.movedim(0, 2).reshape(b, h // world, world * t_local, d)
 
 
-def _to_tokens(x: torch.Tensor, world: int, group) -> torch.Tensor:
+def _to_tokens(x: torch.Tensor, world: int, group: dist.ProcessGroup | None) -> torch.Tensor:
     """(b, h/world, world * t_local, d), tokens in rank order -> (b, h, t_local, d) sequence shard."""
     b, heads, tokens, d = x.shape
     blocks = x.reshape(b, heads, world, tokens // world, d).movedim(2, 0)  # (world, b, h/world, t_local, d)
@@ -43,7 +47,7 @@ def ulysses_attention(
     v: torch.Tensor,
     layout: SequenceLayout,
     spec: AttentionSpec,
-    backend,
+    backend: Backend,
     group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The local output (b, h, t_local, d) [, lse (b, h, t_local)]; inputs and head counts already checked."""
