@@ -10,8 +10,8 @@ lse and gradients into full tensors and measures their error against the float64
 ``reference_core_attention``; it must be at most 2x (outputs, lse) / 3x (gradients) the error of the
 single-process ``naive`` backend in the same dtype, plus a floor of 8 float32 ulps of the call's largest
 reference quantity (naive can be exact by luck), plus, for the ring in bfloat16, one bfloat16 eps of it (see
-RING_HALF). ``unshard``'s round trip and backward are checked exactly. A wrong chunk position, mask or merge errs by a tenth of the
-magnitude; reordered float32 sums (ring merging, reduce-scattered gradients) by a few ulps.
+RING_HALF). A wrong chunk position, mask or merge errs by a tenth of the magnitude; reordered float32 sums
+(ring merging, reduce-scattered gradients) by a few ulps. ``unshard``'s round trip and backward are exact.
 """
 
 from __future__ import annotations
