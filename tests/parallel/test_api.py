@@ -37,3 +37,9 @@ def test_without_a_process_group_the_error_says_how_to_start_one():
         shard(torch.zeros(1, 1, 4, 2))
     with pytest.raises(ValueError, match="dim 5 is out of range"):
         unshard(torch.zeros(1, 1, 4, 2), dim=5)
+
+
+def test_what_the_backend_refuses_is_raised_before_any_communication():
+    q, k, v = (t.double() for t in _qkv())  # flash_triton has no float64 kernels
+    with pytest.raises(ValueError, match="flash_triton supports"):
+        context_parallel_attention(q, k, v, backend="flash_triton")

@@ -80,6 +80,14 @@ def _check_shapes(strategy: str, q: torch.Tensor, k: torch.Tensor, world: int) -
                 )
 
 
+def _preflight(chosen: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec) -> None:
+    """Run the backend once on one token of each shard, so that whatever it refuses (a device it cannot use, a
+    dtype it lacks) is raised here, on every rank, before the first message; positional options are left out."""
+    one = dataclasses.replace(spec, causal=False, window=None, seq_lens=None, return_lse=True, dropout_p=0.0)
+    with torch.no_grad():
+        chosen.attend(q[:, :, :1], k[:, :, :1], v[:, :, :1], one)
+
+
 def context_parallel_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -108,6 +116,7 @@ def context_parallel_attention(
         raise ValueError(f"unknown attention option in {sorted(spec_options)}: {error}") from None
     dataclasses.replace(spec, seq_lens=None).check(q, k, v)  # seq_lens counts the global tokens: checked below
     _check_features(strategy, spec, q, k, chosen)
+    _preflight(chosen, q, k, v, spec)
     require_initialized()
     world = group_size(group)
     _check_shapes(strategy, q, k, world)
