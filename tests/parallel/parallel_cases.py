@@ -74,7 +74,8 @@ def bad_cases(world: int) -> list[dict]:
         dict(kind="bad", match="whole sequence", call=dict(strategy="ulysses", seq_lens=[2])),
         dict(kind="bad", match="unknown attention option", call=dict(flavour=1)),
         dict(kind="bad_shard", match=f"multiple of {2 * world}"),
-        dict(kind="unshard"),  # not a bad case: the round trip and the backward of unshard
+        dict(kind="unshard"),  # not bad cases: the round trip and the backward of unshard,
+        dict(kind="ulysses_no_lse"),  # and ulysses over a backend without the lse
     ]
 
 
@@ -193,6 +194,20 @@ def _run_unshard_grad(world: int) -> None:
         assert torch.equal(grad, world * shard(weight, dim, load_balance=lb)), f"unshard backward (dim={dim})"
 
 
+def _run_ulysses_without_lse(world: int) -> None:
+    """ulysses needs no lse, so a backend without one (sdpa) serves it: same kernel, same rows, same result."""
+    from attnlab.backends import BACKENDS
+    from attnlab.parallel import context_parallel_attention, shard, unshard
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2 * world, TOKENS, HEAD_DIM, generator=gen) for _ in range(3))  # (b, h, t, d)
+    expected = BACKENDS["sdpa"](q, k, v, causal=True)  # (b, h, t, d)
+    local = context_parallel_attention(*(shard(t) for t in (q, k, v)), strategy="ulysses", backend="sdpa")
+    err = (unshard(local) - expected).abs().max().item()
+    # the same float32 kernel on the same rows, batched over fewer heads: a few ulps at most (FLOOR)
+    assert err <= FLOOR * expected.abs().max().item(), f"ulysses over sdpa errs by {err:.3g}"
+
+
 def _run_bad(case: dict, world: int) -> None:
     from attnlab.parallel import context_parallel_attention, shard
 
@@ -237,6 +252,8 @@ def run_rank(rank: int, world: int, store: str, result_dir: str, cases: list[dic
                 _run_good(case, cache)
             elif case["kind"] == "unshard":
                 _run_unshard_grad(world)
+            elif case["kind"] == "ulysses_no_lse":
+                _run_ulysses_without_lse(world)
             else:
                 _run_bad(case, world)
         except Exception:  # collected and reported by the test, one line per case

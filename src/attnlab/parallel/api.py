@@ -80,10 +80,13 @@ def _check_shapes(strategy: str, q: torch.Tensor, k: torch.Tensor, world: int) -
                 )
 
 
-def _preflight(chosen: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec) -> None:
+def _preflight(
+    strategy: str, chosen: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec
+) -> None:
     """Run the backend once on one token of each shard, so that whatever it refuses (a device it cannot use, a
     dtype it lacks) is raised here, on every rank, before the first message; positional options are left out."""
-    one = dataclasses.replace(spec, causal=False, window=None, seq_lens=None, return_lse=True, dropout_p=0.0)
+    return_lse = spec.return_lse if strategy == "ulysses" else True  # ring and all_gather always ask for it
+    one = dataclasses.replace(spec, causal=False, window=None, seq_lens=None, return_lse=return_lse, dropout_p=0.0)
     with torch.no_grad():
         chosen.attend(q[:, :, :1], k[:, :, :1], v[:, :, :1], one)
 
@@ -116,7 +119,7 @@ def context_parallel_attention(
         raise ValueError(f"unknown attention option in {sorted(spec_options)}: {error}") from None
     dataclasses.replace(spec, seq_lens=None).check(q, k, v)  # seq_lens counts the global tokens: checked below
     _check_features(strategy, spec, q, k, chosen)
-    _preflight(chosen, q, k, v, spec)
+    _preflight(strategy, chosen, q, k, v, spec)
     require_initialized()
     world = group_size(group)
     _check_shapes(strategy, q, k, world)
@@ -133,14 +136,4 @@ def context_parallel_attention(
         out, lse = all_gather_attention(q, k, v, layout, dataclasses.replace(spec, return_lse=True), chosen, group)
         return (out, lse) if spec.return_lse else out
 
-    block_spec = AttentionSpec(causal=spec.causal, scale=spec.scale, softcap=spec.softcap, return_lse=True)
-
-    def attend(q_blk, k_blk, v_blk, causal, window):
-        return chosen.attend(q_blk, k_blk, v_blk, dataclasses.replace(block_spec, causal=causal, window=window))
-
-    out, lse = ring_attention(q, k, v, layout, spec.causal, spec.window, attend, group)  # float32, no sinks
-    if spec.sinks is not None:  # the sink joins the denominator: out * Z / (Z + e^sink) = out * sigmoid(lse - sink)
-        sinks = spec.sinks.to(lse.dtype).view(1, -1, 1)  # (1, h, 1)
-        out = out * torch.sigmoid(lse - sinks).unsqueeze(-1)  # (b, h, t_local, d)
-    out = out.to(q.dtype)
-    return (out, lse) if spec.return_lse else out
+    return ring_attention(q, k, v, layout, spec, chosen, group)

@@ -16,15 +16,21 @@ gathers the full sequence, forward or backward.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
+from ..backends.spec import AttentionSpec
 from .blocks import Attend, block_attention
 from .comm import group_rank, group_size, ring_shift
 from .layout import Piece, SequenceLayout
 from .merge import merge_into, part_grads
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 __all__ = ["ring_attention"]
 
@@ -131,14 +137,24 @@ def ring_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     layout: SequenceLayout,
-    causal: bool,
-    window: int | None,
-    attend: Attend,
+    spec: AttentionSpec,
+    backend: Backend,
     group: dist.ProcessGroup | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (b, h, t_local, d), lse (b, h, t_local)) of the local queries over the whole sharded sequence.
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The local output (b, h, t_local, d) [, lse (b, h, t_local)] over the whole sharded sequence.
 
-    Both in float32 (float64 for float64 inputs); inputs already checked. ``attend(q, k, v, causal, window)``
-    runs the backend with the call's other options (scale, softcap) and returns ``(out, lse)``.
+    Inputs already checked. The blocks run ``backend`` with the call's scale and softcap (their positions
+    decide causal and window); the sinks join once, after the merge, as one more term of the denominator:
+    ``out * Z / (Z + e^sink) = out * sigmoid(lse - sink)``.
     """
-    return _RingAttention.apply(q, k, v, layout, causal, window, attend, group)
+    block_spec = AttentionSpec(causal=spec.causal, scale=spec.scale, softcap=spec.softcap, return_lse=True)
+
+    def attend(q_blk, k_blk, v_blk, causal: bool, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return backend.attend(q_blk, k_blk, v_blk, dataclasses.replace(block_spec, causal=causal, window=window))
+
+    out, lse = _RingAttention.apply(q, k, v, layout, spec.causal, spec.window, attend, group)  # float32/64
+    if spec.sinks is not None:
+        sinks = spec.sinks.to(lse.dtype).view(1, -1, 1)  # (1, h, 1)
+        out = out * torch.sigmoid(lse - sinks).unsqueeze(-1)  # (b, h, t_local, d)
+    out = out.to(q.dtype)
+    return (out, lse) if spec.return_lse else out
