@@ -17,6 +17,11 @@ __all__ = ["all_to_all", "gather_tokens", "group_rank", "group_size", "require_i
 
 Group = dist.ProcessGroup | None
 
+# torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single (same arguments); the project
+# supports torch >= 2.5, so take whichever this torch has.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def require_initialized() -> None:
     """Raise ``ValueError`` unless ``torch.distributed`` has a default process group."""
@@ -49,7 +54,7 @@ class _GatherTokens(torch.autograd.Function):
         world = group_size(group)
         local = x.movedim(dim, 0).contiguous()  # (t_local, ...)
         gathered = local.new_empty((world * local.shape[0], *local.shape[1:]))  # (world * t_local, ...)
-        dist.all_gather_single(gathered, local, group=group)
+        _all_gather_single(gathered, local, group=group)
         return gathered.movedim(0, dim)
 
     @staticmethod
@@ -57,7 +62,7 @@ class _GatherTokens(torch.autograd.Function):
         world = group_size(ctx.group)
         full = grad.movedim(ctx.dim, 0).contiguous()  # (world * t_local, ...)
         local = full.new_empty((full.shape[0] // world, *full.shape[1:]))  # (t_local, ...)
-        dist.reduce_scatter_single(local, full, op=dist.ReduceOp.SUM, group=ctx.group)
+        _reduce_scatter_single(local, full, op=dist.ReduceOp.SUM, group=ctx.group)
         return local.movedim(0, ctx.dim), None, None
 
 
