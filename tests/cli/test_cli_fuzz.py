@@ -42,12 +42,20 @@ def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
 # Text without digits (never a number in disguise, e.g. "٣٣٣٣" is 3333 to int()), NUL or lone surrogates.
 garbage = st.text(st.characters(blacklist_categories=("Cs", "Nd"), blacklist_characters="\x00"), max_size=12)
 # Valid-looking values are drawn most often, so that many runs get past validation and do real work.
-size = weighted(
-    (12, st.sampled_from(("1", "2", "4", "8"))),
-    (1, st.integers(-5, 0).map(str)),
-    (1, st.integers(10**12, 10**30).map(str)),
-    (1, garbage),
-)
+
+
+def sizes(*valid: str) -> st.SearchStrategy[str]:
+    """Mostly one of ``valid``; else zero or negative, 10**12 and up (refused by the memory estimate), or text."""
+    return weighted(
+        (12, st.sampled_from(valid)),
+        (1, st.integers(-5, 0).map(str)),
+        (1, st.integers(10**12, 10**30).map(str)),
+        (1, garbage),
+    )
+
+
+size = sizes("1", "2", "4", "8")
+heads = sizes("1", "2")  # mostly dividing the widths, so that most runs get past validation
 seed = weighted((4, st.integers(0, 100)), (1, st.integers(-(2**70), 2**70))).map(str)
 impl_name = weighted((12, st.sampled_from(CHEAP_IMPLS)), (1, st.sampled_from(("nope", "", " ", "flash_triton"))))
 impls = weighted((12, st.lists(impl_name, min_size=1, max_size=3).map(",".join)), (1, garbage))
@@ -131,7 +139,7 @@ def test_check_ends_cleanly(worker, data):
                 "--seq-len": size,
                 "--d-in": size,
                 "--d-out": size,
-                "--heads": size,
+                "--heads": heads,
                 "--no-qkv-bias": None,
                 "--seed": seed,
                 "--device": device,
@@ -142,7 +150,7 @@ def test_check_ends_cleanly(worker, data):
     assert_clean(worker, ["check", "--impl", data.draw(impls), *argv])
 
 
-@FUZZ
+@settings(FUZZ, max_examples=25)  # two kinds of run (one layer, the whole model): a few more examples
 @given(data=st.data())
 def test_bench_ends_cleanly(worker, workdir, data):
     always = ["--min-run-time", data.draw(seconds)]
@@ -166,8 +174,12 @@ def test_bench_ends_cleanly(worker, workdir, data):
             ),
         ]
     else:  # one layer: every size given, so no preset's (larger) default runs
-        sizes = ["--batch", "--seq", "--d-model", "--heads"]
-        argv = ["--impl", data.draw(impls), *[item for flag in sizes for item in (flag, data.draw(size))]]
+        shape = {"--batch": size, "--seq": size, "--d-model": sizes("2", "4", "8"), "--heads": heads}
+        argv = [
+            "--impl",
+            data.draw(impls),
+            *[item for flag, values in shape.items() for item in (flag, data.draw(values))],
+        ]
         argv += data.draw(
             options(
                 {
