@@ -2,7 +2,12 @@
 
 Each implementation gets the same :class:`~attnlab.weights.AttentionWeights` and the same input;
 its output, input gradient and weight gradients are compared with :func:`attnlab.reference.reference_attention`.
-``attnlab check`` prints the result of :func:`check_implementations` as a table.
+``attnlab check`` prints the result of :func:`run_check` (a validated :class:`CheckConfig`) as a table;
+:func:`check_implementations` is the same with keyword arguments.
+
+Everything is validated before any work: sizes, seed, device, the implementation names, and the memory the
+run needs (the float64 reference keeps ``t x t`` values per head for its gradients; see
+:mod:`attnlab.memory_guard`), so a run that cannot fit is refused with the estimate instead of being killed.
 """
 
 from __future__ import annotations
@@ -12,12 +17,24 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .devices import resolve_device
+from .implementations import IMPLEMENTATIONS
 from .implementations.base import requested_features
+from .memory_guard import attention_bytes, reference_bytes, require_memory
 from .reference import reference_attention
 from .registry import build, get_implementation, unsupported_reason
+from .validate import check_positive_int, check_seed
 from .weights import AttentionWeights
 
-__all__ = ["FORWARD_TOL", "GRAD_TOL", "CheckResult", "check_implementations", "max_abs_error"]
+__all__ = [
+    "FORWARD_TOL",
+    "GRAD_TOL",
+    "CheckConfig",
+    "CheckResult",
+    "check_implementations",
+    "max_abs_error",
+    "run_check",
+]
 
 #: Relative tolerances for float32 against the float64 reference. float32 has a unit roundoff of 6e-8;
 #: the dot products here (length <= a few hundred) accumulate at most ~1e-6 of relative error, so 1e-5
@@ -25,6 +42,92 @@ __all__ = ["FORWARD_TOL", "GRAD_TOL", "CheckResult", "check_implementations", "m
 #: through one more chain of products, hence 1e-4.
 FORWARD_TOL = 1e-5
 GRAD_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What ``attnlab check`` compares: ``impls`` (None: every registered one) at one size, float32 on
+    ``device`` against the float64 reference on the CPU."""
+
+    impls: tuple[str, ...] | None = None
+    batch: int = 2
+    seq_len: int = 7
+    d_in: int = 32
+    d_out: int = 32
+    num_heads: int = 4
+    qkv_bias: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    num_kv_heads: int | None = None  # the modules' options: grouped-query attention (1: multi-query),
+    window: int | None = None  # a sliding window,
+    softcap: float | None = None  # softcapping,
+    sinks: bool = False  # learned sinks (random here); an implementation that cannot do one is "skipped"
+
+    def __post_init__(self) -> None:
+        if self.impls is not None:
+            if not self.impls:
+                raise ValueError("no implementation selected (impls is empty); name at least one, e.g. sdpa")
+            for name in self.impls:
+                get_implementation(name)  # unknown names: ValueError listing the valid ones
+            if len(set(self.impls)) != len(self.impls):
+                raise ValueError(f"implementation names repeat: {', '.join(self.impls)}")
+        for name in ("batch", "seq_len", "d_in", "d_out", "num_heads"):
+            check_positive_int(name, getattr(self, name))
+        if self.d_out % self.num_heads != 0:
+            raise ValueError(f"d_out {self.d_out} is not divisible by num_heads {self.num_heads}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"qkv_bias must be True or False, got {self.qkv_bias!r}")
+        check_seed(self.seed)
+        resolve_device(self.device)  # absent or unknown device: ValueError
+        if self.num_kv_heads is not None:
+            check_positive_int("num_kv_heads", self.num_kv_heads)
+            if self.num_heads % self.num_kv_heads != 0:
+                raise ValueError(f"num_kv_heads {self.num_kv_heads} must divide num_heads {self.num_heads}")
+        if self.window is not None:
+            check_positive_int("window", self.window)
+        if self.softcap is not None and (
+            isinstance(self.softcap, bool)
+            or not isinstance(self.softcap, (int, float))
+            or not self.softcap > 0
+            or self.softcap == float("inf")
+        ):
+            raise ValueError(f"softcap must be a finite number > 0, got {self.softcap!r}")
+        if not isinstance(self.sinks, bool):
+            raise ValueError(f"sinks must be True or False, got {self.sinks!r}")
+
+    @property
+    def options(self) -> dict:
+        """The modules' (and the reference's) attention options, as constructor keywords."""
+        return {"num_kv_heads": self.num_kv_heads, "window": self.window, "softcap": self.softcap, "sinks": self.sinks}
+
+    @property
+    def impl_names(self) -> tuple[str, ...]:
+        """The implementations to check: the given ones, or every registered one (read at call time)."""
+        return self.impls if self.impls is not None else tuple(IMPLEMENTATIONS)
+
+    def require_memory(self) -> None:
+        """Raise ``ValueError`` naming the estimate and the free memory when this check cannot fit.
+
+        The reference's autograd graph is freed by its backward pass before the implementations run, so on
+        the CPU the peak is the larger of the two; on a GPU the implementations' memory is the device's.
+        """
+        sizes = {"batch": self.batch, "seq_len": self.seq_len, "d_in": self.d_in, "d_out": self.d_out}
+        reference = reference_bytes(**sizes, num_heads=self.num_heads)
+        implementation = max(
+            attention_bytes(name, **sizes, num_heads=self.num_heads, element_size=4, backward=True)
+            for name in self.impl_names
+        )
+        device = resolve_device(self.device)
+        what = (
+            f"this check (batch {self.batch}, seq_len {self.seq_len}, d_in {self.d_in}, d_out {self.d_out}, "
+            f"num_heads {self.num_heads})"
+        )
+        hint = "; the float64 reference and the plain attention paths grow with batch * num_heads * seq_len**2"
+        if device.type == "cpu":
+            require_memory(max(reference, implementation), device, what, hint)
+        else:
+            require_memory(reference, "cpu", f"the float64 reference of {what}", hint)
+            require_memory(implementation, device, what, hint)
 
 
 @dataclass
@@ -59,57 +162,81 @@ def _weights_error(actual: AttentionWeights, expected: AttentionWeights) -> floa
     return max(errors)
 
 
+def run_check(config: CheckConfig, on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    """Check each of ``config``'s implementations in float32 against the float64 reference on one random input.
+
+    ``on_result`` is told each result as soon as it is known (for progress displays).
+    """
+    config.require_memory()
+    generator = torch.Generator().manual_seed(config.seed)
+    # Without num_kv_heads and sinks, these are exactly the weights that earlier versions drew.
+    weights = AttentionWeights.random(
+        config.d_in,
+        config.d_out,
+        config.qkv_bias,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
+        sinks=config.sinks,
+        generator=generator,
+    )
+    x = torch.randn(config.batch, config.seq_len, config.d_in, generator=generator)  # (b, t, d_in)
+    upstream = torch.randn(config.batch, config.seq_len, config.d_out, generator=generator)  # (b, t, d_out)
+
+    # The reference: float64 leaves, so autograd gives reference gradients for x and every weight.
+    ref_x = x.to(torch.float64).requires_grad_()
+    ref_w = weights.to(dtype=torch.float64)
+    ref_w = ref_w.map_tensors(lambda t: t.requires_grad_())
+    reference_options = {"num_kv_heads": config.num_kv_heads, "window": config.window, "softcap": config.softcap}
+    ref_out = reference_attention(ref_x, ref_w, config.num_heads, **reference_options)  # (b, t, d_out)
+    (ref_out * upstream.to(torch.float64)).sum().backward()
+    ref_w_grads = ref_w.map_tensors(lambda t: t.grad)
+
+    device = str(resolve_device(config.device))
+    results = []
+    for name in config.impl_names:
+        result = _check_one(
+            name, weights, x, upstream, ref_out, ref_x.grad, ref_w_grads, config.num_heads, device, config.options
+        )
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
 def check_implementations(
-    names: Sequence[str],
+    names: Sequence[str] | None = None,
     *,
-    batch: int = 2,
-    seq_len: int = 7,
-    d_in: int = 32,
-    d_out: int = 32,
-    num_heads: int = 4,
-    qkv_bias: bool = True,
-    seed: int = 0,
-    device: str = "cpu",
+    batch: int = CheckConfig.batch,
+    seq_len: int = CheckConfig.seq_len,
+    d_in: int = CheckConfig.d_in,
+    d_out: int = CheckConfig.d_out,
+    num_heads: int = CheckConfig.num_heads,
+    qkv_bias: bool = CheckConfig.qkv_bias,
+    seed: int = CheckConfig.seed,
+    device: str = CheckConfig.device,
     on_result: Callable[[CheckResult], None] | None = None,
     num_kv_heads: int | None = None,
     window: int | None = None,
     softcap: float | None = None,
     sinks: bool = False,
 ) -> list[CheckResult]:
-    """Check each named implementation in float32 against the float64 reference on one random input.
-
-    ``num_kv_heads``, ``window``, ``softcap`` and ``sinks`` are the modules' options (grouped-query attention, a
-    sliding window, softcapping, learned sinks, here random); an implementation that cannot do one of them is
-    a "skipped" row saying so.
-    """
-    for name in names:
-        get_implementation(name)  # unknown names fail before any work
-    generator = torch.Generator().manual_seed(seed)
-    # Without num_kv_heads and sinks, these are exactly the weights that earlier versions drew.
-    weights = AttentionWeights.random(
-        d_in, d_out, qkv_bias, num_heads=num_heads, num_kv_heads=num_kv_heads, sinks=sinks, generator=generator
+    """:func:`run_check` with keyword arguments; ``names=None`` checks every registered implementation."""
+    config = CheckConfig(
+        impls=None if names is None else tuple(names),
+        batch=batch,
+        seq_len=seq_len,
+        d_in=d_in,
+        d_out=d_out,
+        num_heads=num_heads,
+        qkv_bias=qkv_bias,
+        seed=seed,
+        device=device,
+        num_kv_heads=num_kv_heads,
+        window=window,
+        softcap=softcap,
+        sinks=sinks,
     )
-    x = torch.randn(batch, seq_len, d_in, generator=generator)  # (b, t, d_in)
-    upstream = torch.randn(batch, seq_len, d_out, generator=generator)  # (b, t, d_out) gradient of the loss
-
-    # The reference: float64 leaves, so autograd gives reference gradients for x and every weight.
-    ref_x = x.to(torch.float64).requires_grad_()
-    ref_w = weights.to(dtype=torch.float64)
-    ref_w = ref_w.map_tensors(lambda t: t.requires_grad_())
-    options = {"num_kv_heads": num_kv_heads, "window": window, "softcap": softcap}
-    ref_out = reference_attention(ref_x, ref_w, num_heads, **options)  # (b, t, d_out)
-    (ref_out * upstream.to(torch.float64)).sum().backward()
-    ref_w_grads = ref_w.map_tensors(lambda t: t.grad)
-
-    results = []
-    for name in names:
-        result = _check_one(
-            name, weights, x, upstream, ref_out, ref_x.grad, ref_w_grads, num_heads, device, options | {"sinks": sinks}
-        )
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    return results
+    return run_check(config, on_result)
 
 
 def _check_one(
@@ -128,6 +255,8 @@ def _check_one(
     features = requested_features(num_heads=num_heads, **options)
     if (reason := unsupported_reason(name, device_type, "forward", features)) is not None:
         return CheckResult(name, "skipped", note=reason)
+    if get_implementation(name).capabilities.needs_d_in_equal_d_out and weights.d_in != weights.d_out:
+        return CheckResult(name, "skipped", note=f"needs d_in == d_out (got {weights.d_in} and {weights.d_out})")
     module = build(
         name,
         d_in=weights.d_in,

@@ -1,6 +1,9 @@
 """``attnlab bench``: options reach the config, files are written, bad input exits 2 with a clear message."""
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,3 +71,68 @@ def test_bad_sweep_is_an_argparse_error(capsys):
         main(["bench", "--sweep", "dropout=0.1"])
     assert exit_info.value.code == 2
     assert "cannot sweep 'dropout'" in capsys.readouterr().err
+
+
+def _error_line(capsys, argv):
+    """Run ``attnlab bench ARGV`` in-process; it must exit 2 with one stderr line ``attnlab bench: error: ...``."""
+    try:
+        code = main(["bench", *argv])
+    except SystemExit as exit_info:  # argparse's errors exit instead of returning
+        code = exit_info.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("attnlab bench: error: "), captured.err
+    assert captured.out == "", "refused before the run, not after it"
+    return lines[0]
+
+
+def _run_in_subprocess(argv, timeout=120):
+    """``attnlab ARGV`` in a fresh process with a deadline: a hang fails the test instead of stalling it."""
+    code = "import sys; from attnlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan"])
+def test_a_timing_budget_that_never_ends_is_refused_not_run(seconds):
+    done = _run_in_subprocess(["bench", *TINY_ARGS, "--impl", "sdpa", "--min-run-time", seconds])
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"attnlab bench: error: min_run_time must be a finite number of seconds in (0, 3600], got {seconds}"
+    )
+
+
+@pytest.mark.parametrize("impl", ["", " , "])
+def test_an_empty_selection_is_an_error(capsys, impl):
+    assert "no implementation selected" in _error_line(capsys, ["--impl", impl, *TINY_ARGS])
+
+
+def test_out_onto_a_file_or_under_one_is_refused_before_the_run(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("a file, not a directory")
+    line = _error_line(capsys, [*TINY_ARGS, "--impl", "sdpa", "--out", str(afile)])
+    assert f"output directory '{afile}' exists and is not a directory" in line
+    # Under a regular file nothing can be created, not even by root (for whom chmod does not stop writes).
+    line = _error_line(capsys, [*TINY_ARGS, "--impl", "sdpa", "--out", str(afile / "sub")])
+    assert f"cannot create output directory '{afile / 'sub'}': '{afile}' is not a directory" in line
+
+
+def test_a_swept_size_given_as_well_is_refused(capsys):
+    line = _error_line(capsys, [*TINY_ARGS, "--impl", "sdpa", "--seq", "32", "--sweep", "seq=8,16"])
+    assert "seq_len 32 is given and also swept over [8, 16]; give one" in line
+
+
+def test_sizes_no_machine_holds_are_refused_with_the_estimate(capsys):
+    argv = ["--batch", "1", "--seq", "200000", "--d-model", "8", "--heads", "1", "--impl", "ch03,wrapper"]
+    line = _error_line(capsys, [*argv, "--min-run-time", "0.01", "--no-memory"])
+    assert "no case of this benchmark fits in memory" in line and "GiB is available" in line
+
+
+def test_half_precision_on_the_cpu_finishes_and_never_shows_a_share_above_100_percent(tmp_path, capsys):
+    argv = ["bench", "--dtype", "float16", "--impl", "sdpa,ch03", "--mode", "forward", "--seq", "32", *TINY_ARGS]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "bench [0/3] measuring the peak of cpu:" in out  # progress lines, even without a terminal
+    shares = [float(share) for share in re.findall(r"([\d.]+)%", out)]
+    assert all(share <= 100 for share in shares)
+    header = json.loads((tmp_path / "results.json").read_text())["header"]
+    assert "float16 matmul" in header["peak_method"]

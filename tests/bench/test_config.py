@@ -28,13 +28,13 @@ def test_default_is_every_registered_implementation():
     ("overrides", "message"),
     [
         ({"impls": ("sdpa", "nope")}, "unknown attention implementation 'nope'; valid names: wrapper"),
-        ({"impls": ()}, "at least one implementation"),
+        ({"impls": ()}, "no implementation selected"),
         ({"d_model": 30, "num_heads": 4}, "d_model 30 is not divisible by num_heads 4"),
         ({"seq_len": 0}, "seq_len must be a positive integer, got 0"),
         ({"dtype": "float64"}, "unknown dtype 'float64'"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"modes": ("sideways",)}, "modes"),
-        ({"min_run_time": 0}, "min_run_time must be positive"),
+        ({"min_run_time": 0}, "min_run_time must be a finite number of seconds in (0, 3600], got 0"),
         ({"sweep": Sweep("num_heads", (4, 5))}, "d_model 256 is not divisible by num_heads 5"),
     ],
 )
@@ -83,3 +83,22 @@ def test_points_replace_the_swept_size():
     assert [p.seq_len for p in points] == [64, 128]
     assert all(p.sweep is None and p.d_model == config.d_model for p in points)
     assert config.to_dict()["sweep"] == {"key": "seq_len", "values": [64, 128]}
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), float("-inf"), -1.0, 1e9])
+def test_min_run_time_must_be_finite_seconds_or_a_run_never_ends(seconds):
+    with pytest.raises(ValueError, match=r"min_run_time must be a finite number of seconds in \(0, 3600\]"):
+        BenchConfig(min_run_time=seconds)
+
+
+def test_seed_must_fit_a_torch_generator():
+    with pytest.raises(
+        ValueError, match=r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1, got 18446744073709551616"
+    ):
+        BenchConfig(seed=2**64)
+
+
+def test_a_swept_size_cannot_also_be_given():
+    with pytest.raises(ValueError, match=r"seq_len 32 is given and also swept over \[8, 16\]; give one"):
+        BenchConfig.from_preset("quick", seq_len=32, sweep=Sweep("seq_len", (8, 16)))
+    assert BenchConfig.from_preset("quick", batch=1, sweep=Sweep("seq_len", (8, 16))).batch == 1

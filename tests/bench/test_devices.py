@@ -1,4 +1,7 @@
-"""Device and dtype resolution: auto picks what exists, asking for an absent device is a clear error."""
+"""Device and dtype resolution: auto picks what exists, asking for an absent or unknown device is a clear error.
+
+``resolve_device`` lives in attnlab.devices (tested here, through the re-export the benchmark uses).
+"""
 
 import pytest
 import torch
@@ -32,3 +35,19 @@ def test_dtypes():
 
 def test_cpu_description_names_the_cpu_count():
     assert "logical CPUs" in describe_device(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["gpu0", "cuda:x", ""])
+def test_unparsable_names_are_a_value_error_listing_the_choices(name):
+    with pytest.raises(ValueError, match=r"unknown device .*; choose from auto, cpu, cuda, cuda:N, mps"):
+        resolve_device(name)
+
+
+@pytest.mark.parametrize("name", ["meta", "xla"])
+def test_devices_attnlab_does_not_run_on_are_refused(name):
+    with pytest.raises(ValueError, match=f"unsupported device '{name}'"):
+        resolve_device(name)
+
+
+def test_cpu_resolves():
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -40,7 +40,8 @@ def test_write_results_produces_json_csv_and_plot(tiny_result, tmp_path):
     assert len(data["rows"]) == 4
     for row in data["rows"]:
         assert ROW_FIELDS <= set(row)
-        assert row["status"] == "ok" and row["median_ms"] > 0 and row["peak_fraction"] > 0
+        assert row["status"] == "ok" and row["median_ms"] > 0
+        assert row["peak_fraction"] is None or 0 < row["peak_fraction"] <= 1  # None: faster than the peak
 
     markdown = (tmp_path / "out" / "results.md").read_text().splitlines()
     assert markdown[0].startswith("| implementation | mode | median ms |")
@@ -63,6 +64,8 @@ def test_table_has_a_line_per_row(tiny_result):
 
 
 def test_notes_explain_rows_that_were_not_timed(tiny_result):
+    for row in tiny_result.rows:
+        row.note = ""  # a timed row may carry a note too (faster than the measured peak)
     tiny_result.rows[0].status, tiny_result.rows[0].note = "unsupported", "has no backward pass on cpu"
     assert results_notes(tiny_result) == ["sdpa forward: unsupported: has no backward pass on cpu"]
 

@@ -4,12 +4,14 @@ import math
 
 import pytest
 import torch
-from conftest import TINY
+from bench_sizes import TINY
 
-from attnlab.bench import BenchConfig, Sweep, attention_flops, run_benchmark
+from attnlab.bench import BenchConfig, DevicePeak, Sweep, attention_flops, run_benchmark, runner
+from attnlab.bench.attention_case import AttentionCase
 from attnlab.bench.runner import rank_rows
 from attnlab.implementations import IMPLEMENTATIONS, Capabilities
 from attnlab.implementations.sdpa import SDPAAttention
+from attnlab.memory_guard import AvailableMemory
 
 
 def test_tiny_run_rows_are_timed_checked_and_measured(tiny_result):
@@ -30,7 +32,10 @@ def test_tiny_run_rows_are_timed_checked_and_measured(tiny_result):
         expected_flops = attention_flops(batch=2, seq_len=32, d_model=32, num_heads=4, mode=row.mode)
         assert row.flops == expected_flops
         assert row.gflops == pytest.approx(expected_flops / (row.median_ms / 1e3) / 1e9)
-        assert row.peak_fraction == pytest.approx(row.gflops / peak)
+        if row.gflops <= peak:
+            assert row.peak_fraction == pytest.approx(row.gflops / peak)
+        else:  # faster than the measured "peak" (a small matmul here): no share above 100 %, a note instead
+            assert row.peak_fraction is None and "above the measured peak" in row.note
         # float32 vs the float64 reference at d_model 32: ~1e-7; 1e-5 is check.py's forward tolerance.
         assert 0 <= row.max_abs_err < 1e-5
         assert isinstance(row.peak_mem_bytes, int) and row.peak_mem_bytes >= 0
@@ -153,3 +158,49 @@ def test_compile_adds_a_compiled_row_with_its_compile_time():
     assert rows[0].compile_s is None
     assert rows[1].compile_s >= 0  # reported apart: the compiled row's median excludes it
     assert rows[1].max_abs_err < 1e-5  # the compiled module computes the same function (float32, see above)
+
+
+def _case(impl, **sizes):
+    values = {"batch": 2, "seq_len": 64, "d_model": 32, "num_heads": 4, **sizes}
+    return AttentionCase(impl, "forward", False, "cpu", "float32", seed=0, **values)
+
+
+def test_a_case_too_large_for_memory_becomes_an_oom_row_without_running(monkeypatch):
+    # Room for sdpa's case (tiled: no t x t scores) but not for ch03's (dense: four (b, h, t, t) copies).
+    room = _case("sdpa").memory_bytes + 1
+    assert _case("ch03").memory_bytes > room
+    monkeypatch.setattr(runner, "available_memory", lambda device: AvailableMemory(room, "a test"))
+    rows = _run(("sdpa", "ch03"), modes=("forward",), seq_len=64)
+    by_name = {row.impl: row for row in rows}
+    assert by_name["sdpa"].status == "ok"
+    assert by_name["ch03"].status == "oom" and by_name["ch03"].median_ms is None
+    assert by_name["ch03"].note.startswith("not run: needs about") and "available (a test)" in by_name["ch03"].note
+
+
+def test_a_run_where_no_case_fits_is_refused_before_any_work(monkeypatch):
+    def no_peak(*args, **kwargs):
+        raise AssertionError("the peak was measured")
+
+    monkeypatch.setattr(runner, "measure_peak", no_peak)
+    # A trillion sequences: no machine holds the input, whatever the implementation.
+    with pytest.raises(ValueError, match=r"no case of this benchmark fits in memory: the smallest \(sdpa forward"):
+        _run(("sdpa", "ch03"), modes=("forward",), batch=10**12)
+
+
+def test_rows_faster_than_the_measured_peak_get_no_share_of_peak_but_a_note(monkeypatch):
+    def tiny_peak(device, dtype, **kwargs):  # a "peak" no row can stay under: as a slow float16 matmul gives
+        return DevicePeak(gflops=1e-9, matmul_size=64, dtype="float32", median_s=1.0)
+
+    monkeypatch.setattr(runner, "measure_peak", tiny_peak)
+    config = BenchConfig(impls=("sdpa",), device="cpu", measure_memory=False, modes=("forward",), **TINY)
+    result = run_benchmark(config)
+    (row,) = result.rows
+    assert row.status == "ok" and row.gflops > 1e-9
+    assert row.peak_fraction is None  # never a share above 100 %
+    assert "above the measured peak" in row.note and "unreliable" in row.note
+    assert result.header.peak_warning.startswith("peak measurement unreliable: sdpa ran faster than")
+
+
+def test_progress_names_the_peak_matmul_before_measuring_it(tiny_run):
+    _, events = tiny_run
+    assert events[0][:2] == (0, 5) and "256x256 float32 matmul" in events[0][2]

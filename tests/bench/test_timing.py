@@ -21,3 +21,17 @@ def test_timer_reports_median_and_quartiles_of_enough_samples():
 def test_bad_budget_is_refused(option, value):
     with pytest.raises(ValueError, match=option):
         time_callable(lambda: None, torch.device("cpu"), **{option: value})
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan")])
+def test_a_budget_that_never_ends_is_refused_before_any_call(seconds):
+    calls = []
+
+    def fn():  # a timer given an endless budget would call this forever: stop it after a while
+        calls.append(None)
+        if len(calls) > 10_000:
+            raise RuntimeError("still timing after 10000 calls")
+
+    with pytest.raises(ValueError, match="min_run_time must be a finite number of seconds"):
+        time_callable(fn, torch.device("cpu"), min_run_time=seconds)
+    assert calls == []

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from conftest import TINY
+from bench_sizes import TINY
 
 from attnlab.backends import AttentionSpec
 from attnlab.backends.common import key_bounds

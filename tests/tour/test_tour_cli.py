@@ -104,3 +104,32 @@ def test_help_has_an_example(capsys):
         main(["tour", "--help"])
     assert exit_info.value.code == 0
     assert "example: attnlab tour" in capsys.readouterr().out
+
+
+def _error_line(*argv):
+    rc, out, err = run_cli(*argv)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("attnlab tour: error: "), err
+    assert out == "", "refused before the tour, not after it"
+    return lines[0]
+
+
+def test_plots_onto_a_file_or_under_one_are_refused_before_the_tour(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("a file, not a directory")
+    assert f"output directory '{afile}' exists and is not a directory" in _error_line("--plots", str(afile))
+    # Under a regular file nothing can be created, not even by root (for whom chmod does not stop writes).
+    line = _error_line("--plots", str(afile / "sub"))
+    assert f"cannot create output directory '{afile / 'sub'}': '{afile}' is not a directory" in line
+    assert "empty string" in _error_line("--plots", "")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_move_to_an_absent_cuda_is_refused():
+    line = _error_line("--section", "buffers", "--move-to", "cuda")
+    assert "move_to 'cuda': no such device on this machine" in line and "use meta" in line
+
+
+@pytest.mark.parametrize("device", ["xla", "gpu0"])
+def test_move_to_a_device_the_lesson_cannot_use_is_refused(device):
+    assert f"move_to '{device}'" in _error_line("--move-to", device)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnlab.tour import SECTIONS, TourConfig, find_step, run_tour
+from attnlab.tour import SECTIONS, TourConfig, check_plots_dir, find_step, run_tour
 
 # The chapter's order (3.3, 3.4, 3.5.1-2, 3.5.3, 3.6.1, 3.6.2, 3.6.2) and the bonus buffers notebook.
 CHAPTER_ORDER = [
@@ -62,3 +62,24 @@ def test_the_callers_random_state_is_left_alone():
 def test_find_step_names_what_is_missing():
     with pytest.raises(KeyError, match="no step 'nope' in section 'causal'"):
         find_step(run_tour("causal", move_to="meta"), "causal", "nope")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_move_to_absent_cuda_is_rejected():
+    with pytest.raises(ValueError, match="move_to 'cuda:1': no such device on this machine"):
+        TourConfig(move_to="cuda:1")
+
+
+def test_move_to_a_device_type_torch_knows_but_the_lesson_cannot_use_is_rejected():
+    with pytest.raises(ValueError, match="move_to 'xla' is not supported; choose from meta, cuda, mps"):
+        TourConfig(move_to="xla")
+    assert TourConfig(move_to="meta:0").move_to == "meta:0"
+
+
+def test_plots_dir_is_checked_before_any_work(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="is not a directory"):
+        check_plots_dir(afile / "sub")
+    assert check_plots_dir(tmp_path / "new" / "dir") == tmp_path / "new" / "dir"
+    assert not (tmp_path / "new").exists()  # checking creates nothing

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..implementations.base import Mode
+from ..memory_guard import attention_bytes
 from ..registry import build
 from ..weights import AttentionWeights
 from .devices import resolve_dtype
@@ -40,6 +41,20 @@ class AttentionCase:
     num_heads: int
     seed: int
     variant: AttentionVariant = PLAIN
+
+    @property
+    def memory_bytes(self) -> int:
+        """Upper estimate of the peak memory of one step (see :mod:`attnlab.memory_guard`)."""
+        return attention_bytes(
+            self.impl,
+            batch=self.batch,
+            seq_len=self.seq_len,
+            d_in=self.d_model,
+            d_out=self.d_model,
+            num_heads=self.num_heads,
+            element_size=resolve_dtype(self.dtype).itemsize,
+            backward=self.mode == "backward",
+        )
 
     @property
     def flops(self) -> float:

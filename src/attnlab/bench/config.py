@@ -15,6 +15,8 @@ from typing import Any, Literal
 from ..implementations import IMPLEMENTATIONS
 from ..implementations.base import Mode
 from ..registry import get_implementation
+from ..validate import check_positive_int, check_seed
+from .timing import check_timing_budget
 from .variant import PLAIN, AttentionVariant
 
 __all__ = [
@@ -85,7 +87,7 @@ class Sweep:
         if not self.values:
             raise ValueError(f"sweep over {self.key} needs at least one value")
         for value in self.values:
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"sweep value {value!r} for {self.key} must be a positive integer")
         if len(set(self.values)) != len(self.values):
             raise ValueError(f"sweep values for {self.key} repeat: {self.values}")
@@ -133,7 +135,9 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.impls is not None:
             if not self.impls:
-                raise ValueError("impls is empty; give at least one implementation name or None for all")
+                raise ValueError(
+                    "no implementation selected (impls is empty); name at least one, e.g. sdpa (None: all)"
+                )
             for name in self.impls:
                 get_implementation(name)  # unknown names: ValueError listing the valid ones
             if len(set(self.impls)) != len(self.impls):
@@ -144,13 +148,11 @@ class BenchConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
         if not self.modes or any(m not in MODES for m in self.modes):
             raise ValueError(f"modes {self.modes!r} must be a non-empty subset of {MODES}")
-        for name in ("min_samples", "accuracy_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.min_run_time <= 0:
-            raise ValueError(f"min_run_time must be positive, got {self.min_run_time}")
-        if self.peak_matmul_size is not None and self.peak_matmul_size < 1:
-            raise ValueError(f"peak_matmul_size must be positive, got {self.peak_matmul_size}")
+        check_positive_int("accuracy_tokens", self.accuracy_tokens)
+        check_timing_budget(self.min_run_time, self.min_samples)  # finite seconds: inf or nan never finish
+        if self.peak_matmul_size is not None:
+            check_positive_int("peak_matmul_size", self.peak_matmul_size)
+        check_seed(self.seed)
         if not isinstance(self.variant, AttentionVariant):
             raise ValueError(f"variant must be an AttentionVariant, got {type(self.variant).__name__}")
         if self.preset is not None and self.preset not in PRESETS:
@@ -160,18 +162,24 @@ class BenchConfig:
 
     def _check_sizes(self) -> None:
         for name in SWEEP_KEYS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.d_model % self.num_heads != 0:
             raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
         self.variant.check(self.num_heads)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> BenchConfig:
-        """The config of preset ``name``; keyword arguments (any field) override it."""
+        """The config of preset ``name``; keyword arguments (any field) override it.
+
+        A size that ``sweep`` varies cannot also be given: the sweep would silently replace it.
+        """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        sweep = overrides.get("sweep")
+        if isinstance(sweep, Sweep) and sweep.key in overrides:
+            raise ValueError(
+                f"{sweep.key} {overrides[sweep.key]!r} is given and also swept over {list(sweep.values)}; give one"
+            )
         preset = asdict(PRESETS[name])
         del preset["description"]
         return cls(**{**preset, "preset": name, **overrides})

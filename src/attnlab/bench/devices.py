@@ -1,4 +1,7 @@
-"""Devices and dtypes for benchmarks: pick one by name, fail clearly when it is absent, describe it."""
+"""Devices and dtypes for benchmarks: pick one by name, fail clearly when it is absent, describe it.
+
+:func:`resolve_device` lives in :mod:`attnlab.devices` (``attnlab check`` uses it too) and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +11,11 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device
+
 __all__ = ["describe_device", "is_out_of_memory", "resolve_device", "resolve_dtype", "synchronize"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _mps_available() -> bool:
-    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda, else mps, else cpu; a named device must exist (``ValueError`` otherwise)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r} is not available: torch {torch.__version__} sees no CUDA GPU on this machine "
-                "(use --device cpu or auto)"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not _mps_available():
-        raise ValueError(f"device {name!r} is not available: no Apple MPS backend here (use --device cpu or auto)")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}; choose from auto, cpu, cuda, mps")
-    return device
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -16,11 +16,14 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
+from ..outputs import check_output_dir
 from .results import BenchResult, BenchRow
 from .variant import AttentionVariant
 
 __all__ = [
+    "RESULT_FILES",
     "WrittenFiles",
+    "check_results_dir",
     "format_bytes",
     "results_markdown",
     "results_notes",
@@ -29,6 +32,9 @@ __all__ = [
     "write_json",
     "write_results",
 ]
+
+#: What :func:`write_results` may write into its directory.
+RESULT_FILES: tuple[str, ...] = ("results.json", "results.csv", "results.md", "bench.png", "sweep.png")
 
 _STATUS_STYLE = {"ok": "green", "failed": "bold red", "oom": "red", "error": "red"}
 
@@ -55,6 +61,13 @@ def _ms(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def _share_of_peak(row: BenchRow) -> str:
+    """``'42.0%'``; ``'n/a'`` for a timed row faster than the measured peak (see the header's warning)."""
+    if row.peak_fraction is not None:
+        return f"{100 * row.peak_fraction:.1f}%"
+    return "n/a" if row.gflops is not None else "—"
+
+
 def _columns(result: BenchResult) -> list[str]:
     columns = ["implementation", "mode"]
     if result.sweep_key is not None:
@@ -74,7 +87,7 @@ def _cells(row: BenchRow, result: BenchResult) -> list[str]:
         _ms(row.median_ms),
         _ms(row.iqr_ms),
         _fmt(row.gflops, ".1f"),
-        _fmt(None if row.peak_fraction is None else 100 * row.peak_fraction, ".1f", "%"),
+        _share_of_peak(row),
         format_bytes(row.peak_mem_bytes),
         _fmt(row.max_abs_err, ".1e"),
         row.status,
@@ -105,6 +118,7 @@ def results_table(result: BenchResult) -> Table:
         caption=(
             f"peak {header.peak_gflops:.1f} GFLOP/s ({header.peak_method}); spread = interquartile range; "
             f"memory: {header.memory_method}; speed-up vs the slowest ok row of the same mode and size{load}"
+            + (f"; {header.peak_warning}" if header.peak_warning else "")
         ),
     )
     for name in _columns(result):
@@ -131,6 +145,8 @@ def results_markdown(result: BenchResult) -> str:
         f"{_title(result)}; torch {header.torch_version}; peak {header.peak_gflops:.1f} GFLOP/s "
         f"({header.peak_method}); memory: {header.memory_method}.",
     ]
+    if header.peak_warning:
+        lines.append(f"{header.peak_warning[0].upper()}{header.peak_warning[1:]}.")
     return "\n".join(lines) + "\n"
 
 
@@ -169,9 +185,14 @@ class WrittenFiles:
     skipped: list[str] = field(default_factory=list)
 
 
+def check_results_dir(out_dir: Path | str) -> Path:
+    """Raise ``ValueError`` unless :func:`write_results` can write into ``out_dir`` (call it before a run)."""
+    return check_output_dir(out_dir, RESULT_FILES)
+
+
 def write_results(result: BenchResult, out_dir: Path | str) -> WrittenFiles:
     """Write ``results.json``, ``results.csv``, ``results.md``, ``bench.png`` and, for a sweep, ``sweep.png``."""
-    out_dir = Path(out_dir)
+    out_dir = check_results_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = WrittenFiles([write_json(result, out_dir / "results.json"), write_csv(result, out_dir / "results.csv")])
     (out_dir / "results.md").write_text(results_markdown(result))

@@ -39,7 +39,7 @@ class BenchRow:
     num_samples: int | None = None
     flops: float | None = None  # counted FLOPs of one call (see attnlab.bench.flops)
     gflops: float | None = None  # achieved: flops / median time
-    peak_fraction: float | None = None  # gflops / the device peak measured in the same run
+    peak_fraction: float | None = None  # gflops / the device peak measured in the same run; None above 1
     peak_mem_bytes: int | None = None  # peak memory of one call above what was held before it
     max_abs_err: float | None = None  # vs the float64 reference, relative to max(1, max |ref|)
     tolerance: float | None = None
@@ -80,6 +80,7 @@ class BenchHeader:
     elapsed_s: float
     load_average: list[float] | None  # 1, 5, 15-minute system load at the end (None where unknown)
     config: dict[str, Any] = field(default_factory=dict)
+    peak_warning: str | None = None  # set when rows ran faster than the measured peak (their share not shown)
 
 
 @dataclass

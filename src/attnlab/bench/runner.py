@@ -1,11 +1,16 @@
 """Run a benchmark: every requested implementation, mode and size, measured and checked, one row each.
 
+Before any work, each case's memory is estimated (:mod:`attnlab.memory_guard`): a case that cannot fit in
+the memory free now becomes an ``oom`` row naming the estimate, without running (on the CPU it would end
+the whole process); when no case fits, the run is refused with a ``ValueError``.
+
 For each case: skip with a row saying why if the implementation cannot run here (registry
 capabilities); otherwise build it with the seed's weights, run it once (warm-up; compilation for
 compiled cases) and compare its output with the float64 reference, refuse to time it if over
 tolerance, time it (:mod:`~attnlab.bench.timing`), then measure its peak memory
 (:mod:`~attnlab.bench.memory`). Out-of-memory and other errors become rows; the run goes on.
-The device's peak FLOP rate is measured first, in the same run and dtype.
+The device's peak FLOP rate is measured first, in the same run and dtype; a row faster than that "peak"
+gets no share of peak (it would read above 100 %) but a note, and the header a warning.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from functools import partial
 
 import torch
 
+from ..memory_guard import available_memory, memory_shortfall
 from ..registry import get_implementation
 from .accuracy import TOLERANCES, output_error, reference_prefix
 from .attention_case import AttentionCase, case_inputs, make_step, prepare
@@ -28,7 +34,7 @@ from .config import BenchConfig
 from .devices import describe_device, is_out_of_memory, resolve_device, resolve_dtype, synchronize
 from .flops import FLOP_FORMULA
 from .memory import MemoryMeter, WorkloadError, memory_meter
-from .peak import DevicePeak, measure_peak
+from .peak import DevicePeak, choose_matmul_size, measure_peak
 from .results import BenchHeader, BenchResult, BenchRow
 from .timing import time_callable, timing_method
 
@@ -77,11 +83,19 @@ def _cases(config: BenchConfig, device: torch.device) -> list[AttentionCase]:
 class _CaseRunner:
     """Runs cases one at a time, sharing the float64 reference of each size and the memory meter."""
 
-    def __init__(self, config: BenchConfig, device: torch.device, peak: DevicePeak, meter: MemoryMeter) -> None:
+    def __init__(
+        self,
+        config: BenchConfig,
+        device: torch.device,
+        peak: DevicePeak,
+        meter: MemoryMeter,
+        too_large: dict[AttentionCase, str],
+    ) -> None:
         self.config = config
         self.device = device
         self.peak = peak
         self.meter = meter
+        self.too_large = too_large  # case -> why it cannot fit in memory
         self.tolerance = TOLERANCES[config.dtype]
         self._references: dict[tuple[int, int, int, int], torch.Tensor] = {}
 
@@ -108,6 +122,9 @@ class _CaseRunner:
             return row
         if case.variant.packed_len is not None and not get_implementation(case.impl).supports_packed_sequences():
             row.status, row.note = "unsupported", "cannot pack sequences (seq_lens)"
+            return row
+        if (reason := self.too_large.get(case)) is not None:
+            row.status, row.note = "oom", f"not run: {reason}"
             return row
         try:
             self._measure(case, row)
@@ -141,7 +158,13 @@ class _CaseRunner:
         row.iqr_ms = 1e3 * timing.iqr_s
         row.num_samples = timing.num_samples
         row.gflops = case.flops / timing.median_s / 1e9
-        row.peak_fraction = row.gflops / self.peak.gflops
+        if row.gflops <= self.peak.gflops:
+            row.peak_fraction = row.gflops / self.peak.gflops
+        else:  # faster than the "peak": the matmul that measured it is no upper bound here
+            row.note = (
+                f"share of peak not shown: {row.gflops:.1f} GFLOP/s is above the measured peak "
+                f"({self.peak.gflops:.1f} GFLOP/s), so the peak measurement is unreliable for {case.dtype} here"
+            )
         if case.compiled:
             row.compile_s = max(0.0, first_call_s - timing.median_s)
         try:
@@ -150,6 +173,17 @@ class _CaseRunner:
             if error.out_of_memory:
                 row.status = "oom"
             row.note = f"memory not measured: {error}"[:300]
+
+
+def _peak_warning(rows: list[BenchRow], peak: DevicePeak) -> str | None:
+    faster = [row.label for row in rows if row.gflops is not None and row.peak_fraction is None]
+    if not faster:
+        return None
+    return (
+        f"peak measurement unreliable: {', '.join(dict.fromkeys(faster))} ran faster than the "
+        f"{peak.gflops:.1f} GFLOP/s of the {peak.matmul_size}x{peak.matmul_size} {peak.dtype} matmul; "
+        "their share of peak is not shown"
+    )
 
 
 def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | None = None) -> BenchResult:
@@ -162,18 +196,32 @@ def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | None = No
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
 
-    report(0, total, f"measuring the peak of {device.type} ({config.dtype} matmul)")
+    available = available_memory(device)
+    too_large = {
+        case: reason for case in cases if (reason := memory_shortfall(case.memory_bytes, available, device)) is not None
+    }
+    if too_large and len(too_large) == len(cases):
+        smallest = min(cases, key=lambda case: case.memory_bytes)
+        raise ValueError(
+            f"no case of this benchmark fits in memory: the smallest ({smallest.impl} {smallest.mode}, batch "
+            f"{smallest.batch}, seq_len {smallest.seq_len}, d_model {smallest.d_model}, num_heads "
+            f"{smallest.num_heads}) {too_large[smallest]}"
+        )
+
+    # Choosing the size times one small product (well under a second even where the dtype is slow).
+    matmul_size = config.peak_matmul_size or choose_matmul_size(device, dtype, config.seed)
+    report(0, total, f"measuring the peak of {device.type}: {matmul_size}x{matmul_size} {config.dtype} matmul")
     peak = measure_peak(
         device,
         dtype,
-        matmul_size=config.peak_matmul_size,
+        matmul_size=matmul_size,
         min_run_time=config.min_run_time,
         min_samples=config.min_samples,
         seed=config.seed,
     )
     rows = []
     with memory_meter(device, config.measure_memory) as meter:
-        runner = _CaseRunner(config, device, peak, meter)
+        runner = _CaseRunner(config, device, peak, meter, too_large)
         for done, case in enumerate(cases, start=1):  # the peak was step 1 of total
             compiled = " (compiled)" if case.compiled else ""
             report(done, total, f"{case.impl}{compiled} {case.mode}, t={case.seq_len}")
@@ -204,5 +252,6 @@ def run_benchmark(config: BenchConfig, on_progress: ProgressCallback | None = No
         # Other processes on the machine slow the benchmark down: the load says how busy it was.
         load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         config=config.to_dict(),
+        peak_warning=_peak_warning(rows, peak),
     )
     return BenchResult(header=header, rows=rows)

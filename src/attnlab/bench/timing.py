@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils.benchmark import Measurement, Timer
 
-__all__ = ["Timing", "time_callable", "timing_method"]
+from ..validate import check_positive_int, check_seconds
+
+__all__ = ["MAX_MIN_RUN_TIME", "Timing", "check_timing_budget", "time_callable", "timing_method"]
+
+#: The longest accepted ``min_run_time``: an hour of timed calls per case. Longer is surely a slip (and
+#: ``inf`` or ``nan`` would never finish).
+MAX_MIN_RUN_TIME = 3600.0
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,18 @@ def _time_with_do_bench(fn: Callable[[], object], *, min_run_time: float) -> Tim
     return Timing(median / 1000, p25 / 1000, p75 / 1000, num_samples, "triton.testing.do_bench")
 
 
+def check_timing_budget(min_run_time: float, min_samples: int = 1) -> None:
+    """Raise ``ValueError`` unless ``min_run_time`` is finite seconds in (0, MAX_MIN_RUN_TIME] and
+    ``min_samples`` a positive integer (for configs and callers to check before any work)."""
+    check_seconds("min_run_time", min_run_time, MAX_MIN_RUN_TIME)
+    check_positive_int("min_samples", min_samples)
+
+
 def time_callable(
     fn: Callable[[], object], device: torch.device, *, min_run_time: float = 0.2, min_samples: int = 3
 ) -> Timing:
     """Median and quartiles of the time of one call of ``fn`` on ``device`` (which ``fn`` must use)."""
-    if min_run_time <= 0:
-        raise ValueError(f"min_run_time must be positive, got {min_run_time}")
-    if min_samples < 1:
-        raise ValueError(f"min_samples must be at least 1, got {min_samples}")
+    check_timing_budget(min_run_time, min_samples)
     if _use_do_bench(device):
         with torch.cuda.device(device):  # do_bench's events and cache flush run on the current device
             return _time_with_do_bench(fn, min_run_time=min_run_time)

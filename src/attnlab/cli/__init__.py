@@ -1,6 +1,10 @@
 """The ``attnlab`` command: a thin layer that parses arguments and calls the library.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)``; register it in ``COMMANDS``.
+
+Exit codes: 0 success; 1 a check that ran and found a mismatch (``attnlab check``); 2 an error: bad
+arguments, input the library refused (``ValueError``), or a file that could not be written. Errors are
+one line on stderr, ``attnlab COMMAND: error: ...``, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -16,8 +21,19 @@ __all__ = ["main"]
 COMMANDS: tuple[str, ...] = ("tour", "check", "bench", "generate")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, the same shape as the library's (subparsers inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="attnlab",
         description="Attention mechanisms for LLMs, built from scratch in PyTorch.",
         epilog=(
@@ -37,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame "attnlab"; name the subcommand, as every other error does
+        parser.exit(2, f"attnlab {args.command}: error: unrecognized arguments: {_one_line(' '.join(unknown))}\n")
     try:
         return int(args.func(args) or 0)
-    except ValueError as error:  # bad user input that the library rejected with a clear message
-        print(f"attnlab {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # input the library refused, or a file it could not write
+        print(f"attnlab {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
         return 2
 
 

@@ -15,11 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from ..bench import PRESETS, AttentionVariant, BenchConfig, Sweep, default_preset, resolve_device, run_benchmark
 from ..bench.config import DEVICES, DTYPES, MODES
 from ..bench.devices import describe_device, resolve_dtype
-from ..bench.report import results_notes, results_table, write_results
+from ..bench.model_config import ModelBenchConfig
+from ..bench.report import check_results_dir, results_notes, results_table, write_results
+from ..bench.timing import MAX_MIN_RUN_TIME
 from ..gpt import PRESETS as GPT_PRESETS
 from ..gpt import GPTConfig
 from ..gpt.bench import benchmark_model, model_bench_table
-from ..implementations import IMPLEMENTATIONS
+from ..outputs import check_output_dir
+from .options import comma_list
 
 __all__ = ["add_parser"]
 
@@ -58,7 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--impl", help="comma-separated implementation names (default: all registered)")
+    parser.add_argument(
+        "--impl", type=comma_list, help="comma-separated implementation names (default: all registered)"
+    )
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda, else mps, else cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--preset", choices=tuple(PRESETS), help="default: quick on the CPU, notebook on GPUs")
@@ -75,7 +80,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
     parser.add_argument("--sweep", type=_sweep, help="vary one size: KEY=v1,v2,... (batch, seq, d-model, heads)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and input (default: 0)")
-    parser.add_argument("--min-run-time", type=float, help="seconds of timed calls per case (default: preset's)")
+    parser.add_argument(
+        "--min-run-time",
+        type=float,
+        help=(
+            f"seconds of timed calls per case, at most {MAX_MIN_RUN_TIME:g} (default: the preset's; "
+            f"{ModelBenchConfig.min_run_time} with --model)"
+        ),
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     variant = parser.add_argument_group("attention variant (every case; FLOPs count only the pairs that may meet)")
     variant.add_argument("--kv-heads", type=int, help="key/value heads (GQA; 1 is MQA; default: as many as --heads)")
@@ -87,8 +99,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model = parser.add_argument_group("whole-model benchmark (prefill and decode tokens/s of the GPT model)")
     model.add_argument("--model", choices=tuple(GPT_PRESETS), help="benchmark this GPT-2 size instead of one layer")
     model.add_argument("--layers", type=int, help="with --model: override the number of layers (smaller runs)")
-    model.add_argument("--prompt-len", type=int, help="with --model: prompt tokens (default: 128)")
-    model.add_argument("--new-tokens", type=int, help="with --model: decoded tokens (default: 32)")
+    defaults = ModelBenchConfig  # its field defaults, read as class attributes
+    model.add_argument("--prompt-len", type=int, help=f"with --model: prompt tokens (default: {defaults.prompt_len})")
+    model.add_argument("--new-tokens", type=int, help=f"with --model: decoded tokens (default: {defaults.new_tokens})")
     parser.set_defaults(func=run)
 
 
@@ -101,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         if getattr(args, name) is not None
     }
     if args.impl is not None:
-        overrides["impls"] = tuple(name.strip() for name in args.impl.split(",") if name.strip())
+        overrides["impls"] = args.impl
     variant = AttentionVariant(
         num_kv_heads=args.kv_heads,
         window=args.window,
@@ -130,7 +143,31 @@ def _console() -> Console:
     return console
 
 
-def _progress(console: Console) -> Progress:
+class _LineProgress:
+    """Progress for a log file or pipe, where rich's live bar shows nothing: one line per new step."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._last = ""
+
+    def __enter__(self) -> _LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def add_task(self, description: str, total: int | None = None) -> int:
+        return 0
+
+    def update(self, task: int, *, completed: int, total: int, description: str) -> None:
+        if description != self._last and completed < total:
+            self._last = description
+            self.console.print(f"bench [{completed}/{total}] {description}", highlight=False, markup=False)
+
+
+def _progress(console: Console) -> Progress | _LineProgress:
+    if not console.is_terminal:
+        return _LineProgress(console)
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]bench[/]"),
@@ -143,8 +180,8 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def run_model(args: argparse.Namespace) -> int:
-    """``--model``: prefill and decode tokens/s of the whole GPT model on each implementation."""
+def model_config_from_args(args: argparse.Namespace) -> ModelBenchConfig:
+    """The validated whole-model run the options describe (defaults from :class:`ModelBenchConfig`)."""
     layer_only = {"--preset": args.preset, "--sweep": args.sweep, "--seq": args.seq_len, "--heads": args.num_heads}
     layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None, "--no-memory": args.no_memory or None}
     layer_only |= {"--kv-heads": args.kv_heads, "--window": args.window, "--softcap": args.softcap}
@@ -153,43 +190,57 @@ def run_model(args: argparse.Namespace) -> int:
     if given:
         raise ValueError(f"{', '.join(given)} do not apply with --model (use --prompt-len, --new-tokens, --layers)")
     overrides = {} if args.layers is None else {"n_layers": args.layers}
-    config = GPTConfig.preset(args.model, **overrides)
-    impls = [n.strip() for n in args.impl.split(",") if n.strip()] if args.impl else list(IMPLEMENTATIONS)
+    options = {"impls": args.impl, "batch": args.batch, "prompt_len": args.prompt_len}
+    options |= {"new_tokens": args.new_tokens, "min_run_time": args.min_run_time}
+    return ModelBenchConfig(
+        model=GPTConfig.preset(args.model, **overrides),
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        **{name: value for name, value in options.items() if value is not None},
+    )
+
+
+def run_model(args: argparse.Namespace) -> int:
+    """``--model``: prefill and decode tokens/s of the whole GPT model on each implementation."""
+    config = model_config_from_args(args)
+    if args.out is not None:
+        check_output_dir(args.out, ("model_results.json",))  # before the run, not after it
+    config.require_memory()
+    device = resolve_device(config.device)
     console = _console()
     with _progress(console) as progress:
         task = progress.add_task("starting", total=None)
         rows = benchmark_model(
-            config,
-            impls,
-            batch=1 if args.batch is None else args.batch,
-            prompt_len=args.prompt_len,
-            new_tokens=args.new_tokens,
-            device=resolve_device(args.device),
-            dtype=resolve_dtype(args.dtype),
-            min_run_time=0.5 if args.min_run_time is None else args.min_run_time,
-            seed=args.seed,
+            config.model,
+            list(config.impl_names),
+            batch=config.batch,
+            prompt_len=config.prompt_len,
+            new_tokens=config.new_tokens,
+            device=device,
+            dtype=resolve_dtype(config.dtype),
+            min_run_time=config.min_run_time,
+            seed=config.seed,
             on_progress=lambda done, total, text: progress.update(task, completed=done, total=total, description=text),
         )
-    layers = f", {config.n_layers} layers" if args.layers is not None else ""
-    title = f"{args.model}{layers}: prefill {args.prompt_len} tokens, decode {args.new_tokens} tokens"
-    batch = 1 if args.batch is None else args.batch
-    console.print(model_bench_table(rows, title=f"{title}, batch {batch}, {args.dtype}"))
-    if args.out:
+    layers = f", {config.model.n_layers} layers" if args.layers is not None else ""
+    title = f"{args.model}{layers}: prefill {config.prompt_len} tokens, decode {config.new_tokens} tokens"
+    console.print(model_bench_table(rows, title=f"{title}, batch {config.batch}, {config.dtype}"))
+    if args.out is not None:
         path = Path(args.out)
         path.mkdir(parents=True, exist_ok=True)
-        device = resolve_device(args.device)
         header = {
             "model": args.model,
-            "config": config.to_dict(),
+            "config": config.model.to_dict(),
             "torch_version": torch.__version__,
             "device": str(device),
             "device_name": describe_device(device),
-            "dtype": args.dtype,
-            "batch": batch,
-            "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens,
-            "min_run_time": 0.5 if args.min_run_time is None else args.min_run_time,
-            "seed": args.seed,
+            "dtype": config.dtype,
+            "batch": config.batch,
+            "prompt_len": config.prompt_len,
+            "new_tokens": config.new_tokens,
+            "min_run_time": config.min_run_time,
+            "seed": config.seed,
             "num_threads": torch.get_num_threads(),
         }
         payload = {"header": header, "rows": [asdict(row) for row in rows]}
@@ -200,13 +251,13 @@ def run_model(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.model is not None:
-        args.prompt_len = 128 if args.prompt_len is None else args.prompt_len
-        args.new_tokens = 32 if args.new_tokens is None else args.new_tokens
         return run_model(args)
     model_only = {"--layers": args.layers, "--prompt-len": args.prompt_len, "--new-tokens": args.new_tokens}
     if given := [flag for flag, value in model_only.items() if value is not None]:
         raise ValueError(f"{', '.join(given)} only apply with --model")
     config = config_from_args(args)
+    if args.out is not None:
+        check_results_dir(args.out)  # before the run, not after it
     console = _console()
     progress = _progress(console)
     with progress:
@@ -223,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         f"torch {result.header.torch_version}, {result.header.num_threads} threads, "
         f"{result.header.elapsed_s:.0f} s; FLOPs: {result.header.flop_formula}"
     )
-    if args.out:
+    if args.out is not None:
         written = write_results(result, args.out)
         for path in written.paths:
             console.print(f"wrote {path}")

@@ -7,8 +7,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from ..check import FORWARD_TOL, GRAD_TOL, CheckResult, check_implementations
-from ..implementations import IMPLEMENTATIONS
+from ..check import FORWARD_TOL, GRAD_TOL, CheckConfig, CheckResult, run_check
+from .options import comma_list
 
 __all__ = ["add_parser"]
 
@@ -24,19 +24,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: attnlab check --impl sdpa,einsum --seq-len 9 --d-in 24 --d-out 32 --heads 4",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--impl", default=",".join(IMPLEMENTATIONS), help="comma-separated implementation names")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=7)
-    parser.add_argument("--d-in", type=int, default=32)
-    parser.add_argument("--d-out", type=int, default=32)
-    parser.add_argument("--heads", type=int, default=4)
+    defaults = CheckConfig()
+    parser.add_argument(
+        "--impl", type=comma_list, help="comma-separated implementation names (default: every registered one)"
+    )
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
+    parser.add_argument("--d-in", type=int, default=defaults.d_in)
+    parser.add_argument("--d-out", type=int, default=defaults.d_out)
+    parser.add_argument("--heads", type=int, default=defaults.num_heads)
     parser.add_argument("--no-qkv-bias", action="store_true", help="check without q/k/v biases")
     parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA; 1 = MQA); default: --heads")
     parser.add_argument("--window", type=int, default=None, help="sliding window: keys a query sees, itself included")
     parser.add_argument("--softcap", type=float, default=None, help="softcap c on the scores: c * tanh(s / c)")
     parser.add_argument("--sinks", action="store_true", help="with learned attention sinks (random here)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N, mps or auto")
     parser.set_defaults(func=run)
 
 
@@ -45,37 +48,36 @@ def _fmt(err: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = CheckConfig(  # bad sizes, names or device: ValueError before any work (memory: in run_check)
+        impls=args.impl,
+        batch=args.batch,
+        seq_len=args.seq_len,
+        d_in=args.d_in,
+        d_out=args.d_out,
+        num_heads=args.heads,
+        qkv_bias=not args.no_qkv_bias,
+        seed=args.seed,
+        device=args.device,
+        num_kv_heads=args.kv_heads,
+        window=args.window,
+        softcap=args.softcap,
+        sinks=args.sinks,
+    )
     console = Console()
-    names = [n.strip() for n in args.impl.split(",") if n.strip()]
     with console.status("checking implementations (FlexAttention compiles on first use) ...") as status:
 
         def progress(result: CheckResult) -> None:
             status.update(f"checked {result.name}: {result.status}")
 
-        results = check_implementations(
-            names,
-            batch=args.batch,
-            seq_len=args.seq_len,
-            d_in=args.d_in,
-            d_out=args.d_out,
-            num_heads=args.heads,
-            qkv_bias=not args.no_qkv_bias,
-            seed=args.seed,
-            device=args.device,
-            on_result=progress,
-            num_kv_heads=args.kv_heads,
-            window=args.window,
-            softcap=args.softcap,
-            sinks=args.sinks,
-        )
-    options = {"kv heads": args.kv_heads, "window": args.window, "softcap": args.softcap}
+        results = run_check(config, on_result=progress)
+    options = {"kv heads": config.num_kv_heads, "window": config.window, "softcap": config.softcap}
     chosen = "".join(f", {label} {value}" for label, value in options.items() if value is not None)
-    chosen += ", sinks" if args.sinks else ""
+    chosen += ", sinks" if config.sinks else ""
     table = Table(
         title=(
-            f"float32 vs float64 reference: batch {args.batch}, {args.seq_len} tokens, d_in {args.d_in}, "
-            f"d_out {args.d_out}, {args.heads} heads{chosen} (tolerance: forward {FORWARD_TOL:.0e}, "
-            f"grads {GRAD_TOL:.0e})"
+            f"float32 vs float64 reference: batch {config.batch}, {config.seq_len} tokens, d_in {config.d_in}, "
+            f"d_out {config.d_out}, {config.num_heads} heads{chosen} "
+            f"(tolerance: forward {FORWARD_TOL:.0e}, grads {GRAD_TOL:.0e})"
         )
     )
     for column in ("implementation", "forward err", "input grad err", "weight grad err", "status", "note"):

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.text import Text
 
-from ..tour import SECTIONS, Step, run_tour, write_plots
+from ..tour import SECTIONS, Step, check_plots_dir, run_tour, write_plots
 
 __all__ = ["add_parser"]
 
@@ -50,15 +50,17 @@ def _print_step(console: Console, step: Step) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plots is not None:
+        check_plots_dir(args.plots)  # a file, an unwritable place or no matplotlib: refused before the tour
     console = Console(highlight=False, soft_wrap=True)
-    steps = run_tour(args.section, move_to=args.move_to)  # ValueError (unknown section) -> exit 2
+    steps = run_tour(args.section, move_to=args.move_to)  # ValueError (unknown section, device) -> exit 2
     current_section = None
     for step in steps:
         if step.section != current_section:
             current_section = step.section
             console.rule(Text(f"{SECTIONS[step.section].title}  [{step.section}]"))
         _print_step(console, step)
-    if args.plots:
+    if args.plots is not None:
         with console.status("drawing heatmaps ..."):
             paths = write_plots(args.plots, steps)
         console.print(Text(f"wrote {len(paths)} heatmap(s) to {args.plots}: {', '.join(p.name for p in paths)}"))

@@ -5,7 +5,7 @@
 ['torch.Size([2, 6, 2])']
 """
 
-from .runner import TourConfig, default_move_to, find_step, run_tour, write_plots
+from .runner import TourConfig, check_plots_dir, default_move_to, find_step, run_tour, write_plots
 from .sections import SECTIONS, Section
 from .step import Step
 
@@ -14,6 +14,7 @@ __all__ = [
     "Section",
     "Step",
     "TourConfig",
+    "check_plots_dir",
     "default_move_to",
     "find_step",
     "run_tour",

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device
+from ..outputs import check_output_dir
 from .sections import SECTIONS
 from .step import Step
 
-__all__ = ["TourConfig", "default_move_to", "find_step", "run_tour", "write_plots"]
+__all__ = ["TourConfig", "check_plots_dir", "default_move_to", "find_step", "run_tour", "write_plots"]
+
+#: Device types the buffers lesson can move its modules to (``meta`` needs no hardware).
+MOVE_TO_TYPES = ("meta", "cuda", "mps")
 
 
 def default_move_to() -> str:
@@ -35,10 +41,22 @@ class TourConfig:
         if self.move_to is not None:
             try:
                 device_type = torch.device(self.move_to).type
-            except RuntimeError as error:
-                raise ValueError(f"move_to {self.move_to!r} is not a torch device: {error}") from None
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"move_to {self.move_to!r} is not a torch device; choose from {', '.join(MOVE_TO_TYPES)}"
+                ) from None
             if device_type == "cpu":
                 raise ValueError(f"move_to {self.move_to!r}: the buffers lesson needs a device other than cpu")
+            if device_type not in MOVE_TO_TYPES:
+                raise ValueError(f"move_to {self.move_to!r} is not supported; choose from {', '.join(MOVE_TO_TYPES)}")
+            if device_type != "meta":
+                try:
+                    resolve_device(self.move_to)  # absent CUDA or MPS, or no such CUDA index
+                except ValueError:
+                    raise ValueError(
+                        f"move_to {self.move_to!r}: no such device on this machine (torch {torch.__version__}); "
+                        "use meta, which needs no hardware"
+                    ) from None
 
     @property
     def section_names(self) -> list[str]:
@@ -68,6 +86,16 @@ def find_step(steps: list[Step], section: str, key: str) -> Step:
     raise KeyError(f"no step {key!r} in section {section!r}")
 
 
+def check_plots_dir(directory: str | Path) -> Path:
+    """Raise ``ValueError`` unless :func:`write_plots` can work: matplotlib installed, ``directory``
+    writable (call it before the tour, so a bad path is refused before any work)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("plots need matplotlib, which is not installed (pip install 'attnlab[plots]')")
+    from .plots import PLOTS  # matplotlib is optional: import it only when plotting
+
+    return check_output_dir(directory, [plot.filename for plot in PLOTS])
+
+
 def write_plots(directory: str | Path, steps: list[Step] | None = None) -> list[Path]:
     """Write the heatmaps as PNG files into ``directory`` and return their paths.
 
@@ -75,10 +103,10 @@ def write_plots(directory: str | Path, steps: list[Step] | None = None) -> list[
     section are among them, so the steps of one section give that section's heatmaps only.
     Needs matplotlib (the ``plots`` extra).
     """
+    directory = check_plots_dir(directory)
     from .plots import PLOTS, save_heatmaps  # matplotlib is optional: import it only when plotting
 
     steps = run_tour() if steps is None else steps
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sections = {step.section for step in steps}
     paths = []
