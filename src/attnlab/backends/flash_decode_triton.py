@@ -15,12 +15,10 @@ On CUDA tensors the kernels are compiled; on CPU tensors they run in Triton's in
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from .flash_decode_torch import check_forward_only, check_num_queries, default_num_splits, split_plan
-from .flash_triton import MAX_HEAD_DIM, SUPPORTED_DTYPES, _check_interpreter_active, unsupported_device_reason
+from .flash_triton import check_kernel_inputs
 from .spec import AttentionSpec
 
 __all__ = ["FEATURES", "flash_decode_triton_attention", "key_block"]
@@ -34,21 +32,6 @@ MAX_BLOCK_M = 64
 def key_block(device_type: str) -> int:
     """Keys per tile of the split kernel: 64 on CUDA, 16 in the interpreter (where tests are small)."""
     return 64 if device_type == "cuda" else 16
-
-
-def _check_inputs(q: torch.Tensor) -> None:
-    """The kernels' own limits (flash_triton's), after the checks every backend makes (AttentionSpec.check)."""
-    if importlib.util.find_spec("triton") is None:
-        raise ModuleNotFoundError("flash_decode_triton needs the triton package: pip install 'attnlab[triton]'")
-    if q.dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
-        raise ValueError(f"flash_decode_triton supports {names}; got {q.dtype}")
-    if q.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim {q.shape[-1]} exceeds flash_decode_triton's maximum of {MAX_HEAD_DIM}")
-    if (reason := unsupported_device_reason(q.device.type)) is not None:
-        raise ValueError(f"flash_decode_triton {reason}; got tensors on {q.device}")
-    if q.device.type == "cpu":
-        _check_interpreter_active()
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -65,7 +48,7 @@ def flash_decode_triton_attention(
     """
     check_num_queries("flash_decode_triton", q.shape[2])
     check_forward_only("flash_decode_triton", q, k, v, spec)
-    _check_inputs(q)
+    check_kernel_inputs(q, "flash_decode_triton")
     b, h, t_q, head_dim = q.shape
     h_kv, t_k = k.shape[1], k.shape[2]
     group = h // h_kv

@@ -32,6 +32,7 @@ from .spec import AttentionSpec
 __all__ = [
     "FEATURES",
     "FlashTritonConfig",
+    "check_kernel_inputs",
     "flash_triton_attention",
     "interpreter_requested",
     "unsupported_device_reason",
@@ -71,17 +72,18 @@ def _check_interpreter_active() -> None:
         )
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """flash_triton's own limits, after the checks every backend makes (AttentionSpec.check)."""
+def check_kernel_inputs(q: torch.Tensor, backend: str = "flash_triton") -> None:
+    """The Triton kernels' own limits (dtype, head dim, device, Triton itself), after the checks every backend
+    makes (AttentionSpec.check); ``backend`` names the caller in the errors (the decoding kernels share them)."""
     if importlib.util.find_spec("triton") is None:
-        raise ModuleNotFoundError("flash_triton needs the triton package: pip install 'attnlab[triton]'")
+        raise ModuleNotFoundError(f"{backend} needs the triton package: pip install 'attnlab[triton]'")
     if q.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
-        raise ValueError(f"flash_triton supports {names}; got {q.dtype}")
+        raise ValueError(f"{backend} supports {names}; got {q.dtype}")
     if q.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim {q.shape[-1]} exceeds flash_triton's maximum of {MAX_HEAD_DIM}")
+        raise ValueError(f"head_dim {q.shape[-1]} exceeds {backend}'s maximum of {MAX_HEAD_DIM}")
     if (reason := unsupported_device_reason(q.device.type)) is not None:
-        raise ValueError(f"flash_triton {reason}; got tensors on {q.device}")
+        raise ValueError(f"{backend} {reason}; got tensors on {q.device}")
     if q.device.type == "cpu":
         _check_interpreter_active()
 
@@ -177,7 +179,7 @@ def flash_triton_attention(
     Every option of ``spec`` but dropout; ``config`` sets the kernels' block sizes, warps and pipeline stages
     (default: tuned per head dim). The returned lse (float32) has a gradient too.
     """
-    _check_inputs(q, k, v)
+    check_kernel_inputs(q)
     _check_alibi_slopes(spec)
     if config is None:
         config = default_config(q.shape[-1], q.device.type, q.dtype)
