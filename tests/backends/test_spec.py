@@ -152,3 +152,13 @@ def test_undeclared_features_are_refused_by_name(name, feature):
 def test_unknown_feature_name():
     with pytest.raises(ValueError, match="unknown attention feature 'paged'"):
         backends_with("paged")
+
+
+def test_unknown_tuning_keywords_are_refused_by_name():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="the naive backend takes no block_m; its tuning keywords: none"):
+        BACKENDS["naive"].attend(q, q, q, AttentionSpec(), block_m=4)
+    with pytest.raises(
+        ValueError, match="the flash_torch backend takes no config; its tuning keywords: block_m, block_n"
+    ):
+        BACKENDS["flash_torch"].attend(q, q, q, AttentionSpec(), config=None)

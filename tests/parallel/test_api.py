@@ -43,3 +43,15 @@ def test_what_the_backend_refuses_is_raised_before_any_communication():
     q, k, v = (t.double() for t in _qkv())  # flash_triton has no float64 kernels
     with pytest.raises(ValueError, match="flash_triton supports"):
         context_parallel_attention(q, k, v, backend="flash_triton")
+
+
+def test_a_backend_that_cannot_take_the_block_is_refused_before_any_communication():
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))  # 40 local tokens: one block call gets 40 queries
+    with pytest.raises(ValueError, match="at most 16"):  # the decoding backend takes a few queries only
+        context_parallel_attention(q, k, v, backend="flash_decode_torch", strategy="all_gather")
+
+
+def test_a_forward_only_backend_is_refused_when_a_gradient_is_wanted():
+    q, k, v = (torch.randn(1, 2, 8, 8, requires_grad=True) for _ in range(3))
+    with pytest.raises(ValueError, match="the flash_decode_torch backend has no backward pass on cpu"):
+        context_parallel_attention(q, k, v, backend="flash_decode_torch")

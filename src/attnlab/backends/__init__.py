@@ -18,6 +18,8 @@ error (its block mask cannot express rows without keys). The multi-head modules 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,7 +84,17 @@ class Backend:
             raise ValueError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
         spec.check(q, k, v)
         self.check_features(spec.features(q, k))
+        if unknown := sorted(set(extras) - set(self.tuning)):
+            raise ValueError(
+                f"the {self.name} backend takes no {', '.join(unknown)}; its tuning keywords: "
+                f"{', '.join(self.tuning) or 'none'}"
+            )
         return self.fn(q, k, v, spec, **extras)
+
+    @property
+    def tuning(self) -> tuple[str, ...]:
+        """The keyword-only tuning arguments of the backend's function (e.g. ``block_m``), read off its signature."""
+        return _keyword_only(self.fn)
 
     def check_features(self, features: tuple[str, ...]) -> None:
         """Raise ``ValueError`` naming the first feature this backend does not do, and who does."""
@@ -106,6 +118,12 @@ class Backend:
         if mode == "backward" and device_type in self.no_backward_on:
             return f"has no backward pass on {device_type}"
         return None
+
+
+@functools.cache
+def _keyword_only(fn: Callable[..., AttentionOutput]) -> tuple[str, ...]:
+    parameters = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def backends_with(feature: str) -> list[str]:

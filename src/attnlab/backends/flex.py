@@ -165,6 +165,10 @@ def flex_attention_backend(
     """Compiled FlexAttention on q (b, h, t_q, d), k/v (b, h_kv, t_k, d) -> (b, h, t_q, d) [, lse (b, h, t_q)]."""
     _check_runnable(q, k, v, spec)
     t_q, t_k = q.shape[-2], k.shape[-2]
+    if t_q == 0 or t_k == 0:  # nothing to compile (flex's block mask cannot be built): every row sees no key
+        out = q.new_zeros(q.shape)  # (b, h, t_q, d)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)  # (b, h, t_q)
+        return (out, lse) if spec.return_lse else out
     block_mask = None
     if _has_visibility_rule(spec):
         block_mask = _block_mask(t_q, t_k, spec.causal, spec.window, spec.seq_lens, str(q.device))

@@ -81,14 +81,21 @@ def _check_shapes(strategy: str, q: torch.Tensor, k: torch.Tensor, world: int) -
 
 
 def _preflight(
-    strategy: str, chosen: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec
+    strategy: str, chosen: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec, world: int
 ) -> None:
-    """Run the backend once on one token of each shard, so that whatever it refuses (a device it cannot use, a
-    dtype it lacks) is raised here, on every rank, before the first message; positional options are left out."""
+    """Run the backend once on one key of each shard, with as many queries as one block call will pass it, so that
+    whatever it refuses (a device it cannot use, a dtype it lacks, too many queries) is raised here, on every rank,
+    before the first message; positional options are left out. A backend without a backward pass is refused here
+    too when an input requires grad (its refusal would otherwise come in the middle of the backward ring)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        if (reason := chosen.unsupported_reason(q.device.type, "backward")) is not None:
+            raise ValueError(f"the {chosen.name} backend {reason}, and q, k or v requires grad")
     return_lse = spec.return_lse if strategy == "ulysses" else True  # ring and all_gather always ask for it
     one = dataclasses.replace(spec, causal=False, window=None, seq_lens=None, return_lse=return_lse, dropout_p=0.0)
+    queries = q.shape[2] * (world if strategy == "ulysses" else 1)  # at most: ulysses attends the whole sequence
     with torch.no_grad():
-        chosen.attend(q[:, :, :1], k[:, :, :1], v[:, :, :1], one)
+        probe = q[:, :, :1].expand(-1, -1, queries, -1)  # (b, h, queries, d): the block's query count
+        chosen.attend(probe, k[:, :, :1], v[:, :, :1], one)
 
 
 def context_parallel_attention(
@@ -119,7 +126,8 @@ def context_parallel_attention(
         raise ValueError(f"unknown attention option in {sorted(spec_options)}: {error}") from None
     dataclasses.replace(spec, seq_lens=None).check(q, k, v)  # seq_lens counts the global tokens: checked below
     _check_features(strategy, spec, q, k, chosen)
-    _preflight(strategy, chosen, q, k, v, spec)
+    # The backend's own refusals first (they need no process group; ulysses' block holds the whole sequence).
+    _preflight(strategy, chosen, q, k, v, spec, group_size(group) if dist.is_initialized() else 1)
     require_initialized()
     world = group_size(group)
     _check_shapes(strategy, q, k, world)
