@@ -149,3 +149,9 @@ def test_d_in_other_than_d_out_skips_torch_mha_with_the_reason():
     results = check_implementations(["sdpa", "torch_mha"], seq_len=4, d_in=6, d_out=8, num_heads=2)
     assert [(r.name, r.status) for r in results] == [("sdpa", "pass"), ("torch_mha", "skipped")]
     assert results[1].note == "needs d_in == d_out (got 6 and 8)"
+
+
+def test_a_device_limit_found_only_when_running_is_a_skipped_row_not_a_crash():
+    # flex declares sinks, but compiled flex returns no log-sum-exp on the CPU: a skipped row saying why.
+    (result,) = check_implementations(["flex"], batch=1, seq_len=5, d_in=8, d_out=8, num_heads=2, sinks=True)
+    assert result.status == "skipped" and "log-sum-exp" in result.note

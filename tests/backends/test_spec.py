@@ -162,3 +162,15 @@ def test_unknown_tuning_keywords_are_refused_by_name():
         ValueError, match="the flash_torch backend takes no config; its tuning keywords: block_m, block_n"
     ):
         BACKENDS["flash_torch"].attend(q, q, q, AttentionSpec(), config=None)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"window": 2**64}, f"window {2**64} exceeds 2**62 (no sequence is that long)"),
+        ({"softcap": 1e39}, "softcap 1e+39 exceeds 1e+30 (it would overflow float32)"),
+    ],
+)
+def test_options_beyond_what_the_arithmetic_can_hold_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AttentionSpec(**options)

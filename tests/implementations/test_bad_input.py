@@ -173,3 +173,12 @@ def test_input_dtype_must_match_the_parameters(name):
     message = "input is torch.float64 on cpu but the module's parameters are torch.float32"
     with pytest.raises(ValueError, match=re.escape(message)):
         make(name)(torch.randn(2, 3, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"window": 2**64}, "exceeds 2**62 (no sequence is that long)"), ({"softcap": 1e39}, "exceeds 1e+30")],
+)
+def test_window_and_softcap_beyond_int64_and_float32_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build("einsum", d_in=8, d_out=8, num_heads=2, context_length=8, **options)

@@ -32,10 +32,18 @@ from numbers import Real
 
 import torch
 
-__all__ = ["FEATURES", "AttentionSpec", "check_qkv"]
+__all__ = ["FEATURES", "MAX_SOFTCAP", "MAX_WINDOW", "AttentionSpec", "check_qkv"]
 
 #: Every optional feature, by the keyword that asks for it ("gqa" is asked for by k/v with fewer heads).
 FEATURES: tuple[str, ...] = ("gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse", "dropout")
+
+
+#: Largest window: far beyond any sequence (a window longer than the keys is plain causal attention), small
+#: enough that position arithmetic in int64 cannot overflow.
+MAX_WINDOW = 2**62
+#: Largest softcap: c * tanh(s / c) must stay finite in float32 (float32's maximum is 3.4e38; beyond ~1e30 the
+#: cap changes no score anyway).
+MAX_SOFTCAP = 1e30
 
 
 def _is_real(value: object) -> bool:
@@ -138,11 +146,15 @@ class AttentionSpec:
             _positive_finite("scale", self.scale)
         if self.softcap is not None:
             _positive_finite("softcap", self.softcap)
+            if self.softcap > MAX_SOFTCAP:
+                raise ValueError(f"softcap {self.softcap!r} exceeds {MAX_SOFTCAP:g} (it would overflow float32)")
         if self.window is not None:
             if not _is_int(self.window) or self.window < 1:
                 raise ValueError(
                     f"window must be a positive int (keys a query sees, itself included), got {self.window!r}"
                 )
+            if self.window > MAX_WINDOW:
+                raise ValueError(f"window {self.window} exceeds 2**62 (no sequence is that long)")
             if not self.causal:
                 raise ValueError(f"window={self.window} needs causal=True (a sliding window looks back only)")
         if not _is_real(self.dropout_p) or not 0.0 <= self.dropout_p < 1.0:

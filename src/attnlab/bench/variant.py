@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
+from ..backends.spec import MAX_SOFTCAP, MAX_WINDOW
 from ..implementations.base import requested_features
 
 __all__ = ["PLAIN", "AttentionVariant"]
@@ -37,6 +38,8 @@ class AttentionVariant:
     def __post_init__(self) -> None:
         _positive_int("num_kv_heads", self.num_kv_heads)
         _positive_int("window", self.window)
+        if self.window is not None and self.window > MAX_WINDOW:
+            raise ValueError(f"window {self.window} exceeds 2**62")
         _positive_int("packed_len", self.packed_len)
         if self.softcap is not None and (
             not isinstance(self.softcap, Real)
@@ -45,6 +48,8 @@ class AttentionVariant:
             or self.softcap <= 0
         ):
             raise ValueError(f"softcap must be a finite number > 0, got {self.softcap!r}")
+        if self.softcap is not None and self.softcap > MAX_SOFTCAP:
+            raise ValueError(f"softcap {self.softcap!r} exceeds {MAX_SOFTCAP:g} (it would overflow float32)")
         if not isinstance(self.sinks, bool):
             raise ValueError(f"sinks must be True or False, got {self.sinks!r}")
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..availability import missing_packages_reason
+from ..backends.spec import MAX_SOFTCAP, MAX_WINDOW
 from ..weights import AttentionWeights
 from .kv_cache import LayerKVCache
 
@@ -399,9 +400,13 @@ def _check_modern_options(num_heads: int, num_kv_heads: object, window: object, 
         raise ValueError(
             f"window must be None or a positive integer (keys a query sees, itself included), got {window!r}"
         )
+    if window is not None and window > MAX_WINDOW:
+        raise ValueError(f"window {window} exceeds 2**62 (no sequence is that long)")
     if softcap is not None and (
         isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not math.isfinite(softcap) or softcap <= 0
     ):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    if softcap is not None and softcap > MAX_SOFTCAP:
+        raise ValueError(f"softcap {softcap!r} exceeds {MAX_SOFTCAP:g} (it would overflow float32)")
     if not isinstance(sinks, bool):
         raise ValueError(f"sinks must be True or False, got {sinks!r}")
