@@ -123,3 +123,18 @@ def test_modules_pack_sequences_like_running_them_alone():
     assert (packed - alone).abs().max() <= 1e-6 * alone.abs().max()
     with pytest.raises(ValueError, match="Ch03Attention cannot pack sequences"):
         build("ch03", d_in=16, d_out=16, num_heads=4, context_length=32)(x, seq_lens=[3, 7])
+
+
+def test_empty_sweep_items_are_an_error_not_skipped():
+    from attnlab.bench import Sweep
+
+    with pytest.raises(ValueError, match="must be comma-separated integers"):
+        Sweep.parse("seq=4,,8")
+
+
+def test_mode_is_refused_with_the_model_benchmark():
+    from attnlab.cli.bench import model_config_from_args
+
+    args = build_parser().parse_args(["bench", "--model", "gpt2", "--mode", "backward"])
+    with pytest.raises(ValueError, match="--mode does not apply with --model"):
+        model_config_from_args(args)

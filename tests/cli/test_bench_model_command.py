@@ -27,7 +27,7 @@ def test_model_bench_writes_rows_for_each_implementation(tmp_path, capsys):
 
 def test_layer_options_are_refused_with_model(capsys):
     assert main(["bench", "--model", "gpt2", "--sweep", "seq=8,16"]) == 2
-    assert "--sweep do not apply with --model" in capsys.readouterr().err
+    assert "--sweep does not apply with --model" in capsys.readouterr().err
 
 
 def test_model_options_are_refused_without_model(capsys):

@@ -237,3 +237,10 @@ def test_flash_torch_generates_from_a_checkpoint_with_dropout(checkpoint, capsys
         == 0
     )
     assert capsys.readouterr().out.strip() == ",".join(map(str, hf_greedy(hf_model, [3, 1, 4], 4)))
+
+
+def test_an_empty_id_is_an_error_not_skipped():
+    from attnlab.cli.generate import _parse_ids
+
+    with pytest.raises(ValueError, match="--ids must be comma-separated integers"):
+        _parse_ids("1,,2")

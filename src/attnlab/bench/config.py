@@ -102,7 +102,8 @@ class Sweep:
         if name is None:
             raise ValueError(f"cannot sweep {key.strip()!r}; use one of: batch, seq, d-model, heads")
         try:
-            numbers = tuple(int(v) for v in values.split(",") if v.strip())
+            # An empty item ("4,,8") is an error too, not skipped; nothing at all ("seq=") is "no value" below.
+            numbers = tuple(int(v) for v in values.split(",")) if values.strip() else ()
         except ValueError:
             raise ValueError(f"sweep values {values!r} must be comma-separated integers") from None
         return cls(name, numbers)

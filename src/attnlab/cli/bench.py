@@ -73,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--heads", type=int, dest="num_heads", help="attention heads (default: from the preset)")
     parser.add_argument(
         "--mode",
-        default="both",
+        default=None,
         choices=(*MODES, "both"),
         help="forward (no autograd), backward (forward + backward of a scalar loss), or both (default)",
     )
@@ -127,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         variant=variant,
         device=args.device,
         dtype=args.dtype,
-        modes=MODES if args.mode == "both" else (args.mode,),
+        modes=MODES if args.mode in (None, "both") else (args.mode,),
         compile=args.compile,
         sweep=args.sweep,
         seed=args.seed,
@@ -185,10 +185,11 @@ def model_config_from_args(args: argparse.Namespace) -> ModelBenchConfig:
     layer_only = {"--preset": args.preset, "--sweep": args.sweep, "--seq": args.seq_len, "--heads": args.num_heads}
     layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None, "--no-memory": args.no_memory or None}
     layer_only |= {"--kv-heads": args.kv_heads, "--window": args.window, "--softcap": args.softcap}
-    layer_only |= {"--sinks": args.sinks or None, "--packed-len": args.packed_len}
+    layer_only |= {"--sinks": args.sinks or None, "--packed-len": args.packed_len, "--mode": args.mode}
     given = [flag for flag, value in layer_only.items() if value is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} do not apply with --model (use --prompt-len, --new-tokens, --layers)")
+        verb = "does" if len(given) == 1 else "do"
+        raise ValueError(f"{', '.join(given)} {verb} not apply with --model (use --prompt-len, --new-tokens, --layers)")
     overrides = {} if args.layers is None else {"n_layers": args.layers}
     options = {"impls": args.impl, "batch": args.batch, "prompt_len": args.prompt_len}
     options |= {"new_tokens": args.new_tokens, "min_run_time": args.min_run_time}

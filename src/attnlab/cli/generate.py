@@ -70,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _parse_ids(text: str) -> list[int]:
     try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
+        ids = [int(part) for part in text.split(",")]  # an empty item ("1,,2") is an error, not skipped
     except ValueError:
         raise ValueError(f"--ids must be comma-separated integers, got {one_line(repr(text), 80)}") from None
     if not ids:
