@@ -64,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--impl", type=comma_list, help="comma-separated implementation names (default: all registered)"
     )
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda, else mps, else cpu")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--device", default=BenchConfig.device, choices=DEVICES, help="auto: cuda, else mps, else cpu")
+    parser.add_argument("--dtype", default=BenchConfig.dtype, choices=DTYPES)
     parser.add_argument("--preset", choices=tuple(PRESETS), help="default: quick on the CPU, notebook on GPUs")
     parser.add_argument("--batch", type=int, help="sequences per batch (default: from the preset)")
     parser.add_argument("--seq", type=int, dest="seq_len", help="tokens per sequence (default: from the preset)")
@@ -79,7 +79,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
     parser.add_argument("--sweep", type=_sweep, help="vary one size: KEY=v1,v2,... (batch, seq, d-model, heads)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and input (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=BenchConfig.seed,
+        help=f"seed of the weights and input (default: {BenchConfig.seed})",
+    )
     parser.add_argument(
         "--min-run-time",
         type=float,

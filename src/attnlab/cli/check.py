@@ -26,19 +26,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     defaults = CheckConfig()
     parser.add_argument(
-        "--impl", type=comma_list, help="comma-separated implementation names (default: every registered one)"
+        "--impl", type=comma_list, help="comma-separated implementation names (None: every registered one)"
     )
-    parser.add_argument("--batch", type=int, default=defaults.batch)
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--d-in", type=int, default=defaults.d_in)
-    parser.add_argument("--d-out", type=int, default=defaults.d_out)
-    parser.add_argument("--heads", type=int, default=defaults.num_heads)
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="sequences per batch")
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per sequence")
+    parser.add_argument("--d-in", type=int, default=defaults.d_in, help="input width")
+    parser.add_argument("--d-out", type=int, default=defaults.d_out, help="output width (num_heads * head_dim)")
+    parser.add_argument("--heads", type=int, default=defaults.num_heads, help="query heads")
     parser.add_argument("--no-qkv-bias", action="store_true", help="check without q/k/v biases")
-    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA; 1 = MQA); default: --heads")
+    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA; 1 = MQA; None: as many as --heads)")
     parser.add_argument("--window", type=int, default=None, help="sliding window: keys a query sees, itself included")
     parser.add_argument("--softcap", type=float, default=None, help="softcap c on the scores: c * tanh(s / c)")
     parser.add_argument("--sinks", action="store_true", help="with learned attention sinks (random here)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and input")
     parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N, mps or auto")
     parser.set_defaults(func=run)
 
