@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--d-out", type=int, default=defaults.d_out, help="output width (num_heads * head_dim)")
     parser.add_argument("--heads", type=int, default=defaults.num_heads, help="query heads")
     parser.add_argument("--no-qkv-bias", action="store_true", help="check without q/k/v biases")
-    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA; 1 = MQA; None: as many as --heads)")
+    parser.add_argument(
+        "--kv-heads", type=int, default=None, help="key/value heads (GQA; 1 = MQA; None: as many as --heads)"
+    )
     parser.add_argument("--window", type=int, default=None, help="sliding window: keys a query sees, itself included")
     parser.add_argument("--softcap", type=float, default=None, help="softcap c on the scores: c * tanh(s / c)")
     parser.add_argument("--sinks", action="store_true", help="with learned attention sinks (random here)")
