@@ -84,7 +84,7 @@ class Backend:
             raise ValueError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
         spec.check(q, k, v)
         self.check_features(spec.features(q, k))
-        if unknown := sorted(set(extras) - set(self.tuning)):
+        if extras and (unknown := sorted(set(extras) - set(self.tuning))):  # (read only when tuning is given)
             raise ValueError(
                 f"the {self.name} backend takes no {', '.join(unknown)}; its tuning keywords: "
                 f"{', '.join(self.tuning) or 'none'}"
