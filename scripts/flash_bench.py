@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Kernel benchmark: attnlab's flash_triton against SDPA's FlashAttention-2 and cuDNN backends and compiled
-FlexAttention, causal, bfloat16, at the sizes of ../shared/anchors/README.md.
+FlexAttention, causal, bfloat16, at the sizes below (the usual FlashAttention benchmark grid).
 
 Sizes: head_dim 64 and 128, t = 1024, 4096, 16384, with b * t = 16384 tokens and h * d = 2048. FLOPs are
 counted as 4 * b * h * t^2 * d / 2 for the causal forward and 2.5x that for the backward. Times are

@@ -1,6 +1,6 @@
 """``attnlab tour``: the printed output holds the book's values, in the chapter's order.
 
-Values as written in ../shared/reference/chapter3.md; others derived here from attnlab.chapter3's
+Values as printed in chapter 3 of the book; others derived here from attnlab.chapter3's
 classes (checked against the book in tests/test_chapter3.py), formatted with 4 decimals as torch prints.
 """
 
@@ -39,7 +39,7 @@ def output():
     return out
 
 
-BOOK_ROWS = {  # ../shared/reference/chapter3.md
+BOOK_ROWS = {  # as printed in chapter 3 of the book
     "weight-free scores": ("0.9544", "1.4950", "1.4754", "0.8434", "0.7070", "1.0865"),
     "weight-free softmax weights": ("0.1385", "0.2379", "0.2333", "0.1240", "0.1082", "0.1581"),
     "weight-free context vector": ("0.4419", "0.6515", "0.5683"),

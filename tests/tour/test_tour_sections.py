@@ -1,6 +1,6 @@
 """The tour's steps hold the book's values, and its intermediates agree with the chapter's classes.
 
-Book values come from ../shared/reference/chapter3.md (printed with 4 decimals: atol 1e-4 covers half a
+Book values are those printed in chapter 3 of the book (printed with 4 decimals: atol 1e-4 covers half a
 unit in the last place, 5e-5, plus float32 noise). Other values are derived in the test from
 attnlab.chapter3's classes (checked against the book in tests/test_chapter3.py) or from plain torch.
 Intermediates computed two ways agree to 1e-6 (float32 rounding of a handful of operations).
