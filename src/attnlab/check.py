@@ -17,13 +17,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .backends.spec import MAX_SOFTCAP, MAX_WINDOW
 from .devices import resolve_device
 from .implementations import IMPLEMENTATIONS
-from .implementations.base import requested_features
+from .implementations.base import check_layer_options, requested_features
 from .memory_guard import attention_bytes, reference_bytes, require_memory
 from .reference import reference_attention
-from .registry import build, get_implementation, unsupported_reason
+from .registry import build, check_selection, get_implementation, unsupported_reason
 from .validate import check_positive_int, check_seed
 from .weights import AttentionWeights
 
@@ -65,13 +64,7 @@ class CheckConfig:
     sinks: bool = False  # learned sinks (random here); an implementation that cannot do one is "skipped"
 
     def __post_init__(self) -> None:
-        if self.impls is not None:
-            if not self.impls:
-                raise ValueError("no implementation selected (impls is empty); name at least one, e.g. sdpa")
-            for name in self.impls:
-                get_implementation(name)  # unknown names: ValueError listing the valid ones
-            if len(set(self.impls)) != len(self.impls):
-                raise ValueError(f"implementation names repeat: {', '.join(self.impls)}")
+        check_selection(self.impls)
         for name in ("batch", "seq_len", "d_in", "d_out", "num_heads"):
             check_positive_int(name, getattr(self, name))
         if self.d_out % self.num_heads != 0:
@@ -80,22 +73,8 @@ class CheckConfig:
             raise ValueError(f"qkv_bias must be True or False, got {self.qkv_bias!r}")
         check_seed(self.seed)
         resolve_device(self.device)  # absent or unknown device: ValueError
-        if self.num_kv_heads is not None:
-            check_positive_int("num_kv_heads", self.num_kv_heads)
-            if self.num_heads % self.num_kv_heads != 0:
-                raise ValueError(f"num_kv_heads {self.num_kv_heads} must divide num_heads {self.num_heads}")
-        if self.window is not None:
-            check_positive_int("window", self.window)
-            if self.window > MAX_WINDOW:
-                raise ValueError(f"window {self.window} exceeds 2**62")
-        if self.softcap is not None and (
-            isinstance(self.softcap, bool)
-            or not isinstance(self.softcap, (int, float))
-            or not 0 < self.softcap <= MAX_SOFTCAP
-        ):
-            raise ValueError(f"softcap must be a number > 0 and at most {MAX_SOFTCAP:g}, got {self.softcap!r}")
-        if not isinstance(self.sinks, bool):
-            raise ValueError(f"sinks must be True or False, got {self.sinks!r}")
+        # The modules' own checks of their options, before any work (build() would make them too, later).
+        check_layer_options(self.num_heads, self.num_kv_heads, self.window, self.softcap, self.sinks)
 
     @property
     def options(self) -> dict:

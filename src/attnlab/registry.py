@@ -16,6 +16,7 @@ from .implementations.base import FEATURE_OPTIONS, Mode, UnsupportedFeatureError
 __all__ = [
     "available_implementations",
     "build",
+    "check_selection",
     "get_backend",
     "get_implementation",
     "implementations_with",
@@ -28,6 +29,19 @@ def get_implementation(name: str) -> type[MultiHeadAttentionBase]:
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {name!r}; valid names: {', '.join(IMPLEMENTATIONS)}")
     return IMPLEMENTATIONS[name]
+
+
+def check_selection(impls: tuple[str, ...] | None) -> None:
+    """Raise ``ValueError`` unless ``impls`` (None: every registered implementation) names at least one
+    registered implementation, none twice: what every tool that takes a selection checks first."""
+    if impls is None:
+        return
+    if not impls:
+        raise ValueError("no implementation selected (impls is empty); name at least one, e.g. sdpa (None: all)")
+    for name in impls:
+        get_implementation(name)  # unknown names: ValueError listing the valid ones
+    if len(set(impls)) != len(impls):
+        raise ValueError(f"implementation names repeat: {', '.join(impls)}")
 
 
 def get_backend(name: str) -> Backend:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from ..implementations import IMPLEMENTATIONS
 from ..implementations.base import Mode
-from ..registry import get_implementation
+from ..registry import check_selection
 from ..validate import check_positive_int, check_seed
 from .timing import check_timing_budget
 from .variant import PLAIN, AttentionVariant
@@ -134,15 +134,7 @@ class BenchConfig:
     variant: AttentionVariant = PLAIN  # GQA, window, softcap, sinks, packing (plain by default)
 
     def __post_init__(self) -> None:
-        if self.impls is not None:
-            if not self.impls:
-                raise ValueError(
-                    "no implementation selected (impls is empty); name at least one, e.g. sdpa (None: all)"
-                )
-            for name in self.impls:
-                get_implementation(name)  # unknown names: ValueError listing the valid ones
-            if len(set(self.impls)) != len(self.impls):
-                raise ValueError(f"implementation names repeat: {', '.join(self.impls)}")
+        check_selection(self.impls)
         if self.device.split(":")[0] not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)} (or cuda:N)")
         if self.dtype not in DTYPES:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..devices import resolve_device
 from ..implementations import IMPLEMENTATIONS
 from ..memory_guard import model_bench_bytes, require_memory
-from ..registry import get_implementation
+from ..registry import check_selection
 from ..validate import check_positive_int, check_seed
 from .config import DTYPES
 from .devices import resolve_dtype
@@ -42,13 +42,7 @@ class ModelBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.impls is not None:
-            if not self.impls:
-                raise ValueError("no implementation selected (impls is empty); name at least one, e.g. sdpa")
-            for name in self.impls:
-                get_implementation(name)  # unknown names: ValueError listing the valid ones
-            if len(set(self.impls)) != len(self.impls):
-                raise ValueError(f"implementation names repeat: {', '.join(self.impls)}")
+        check_selection(self.impls)
         for name in ("batch", "prompt_len", "new_tokens"):
             check_positive_int(name, getattr(self, name))
         if self.prompt_len + self.new_tokens > self.model.context_length:

@@ -52,6 +52,7 @@ __all__ = [
     "Mode",
     "MultiHeadAttentionBase",
     "UnsupportedFeatureError",
+    "check_layer_options",
     "copy_into",
     "requested_features",
 ]
@@ -212,7 +213,7 @@ class MultiHeadAttentionBase(nn.Module):
             raise ValueError(f"dropout {dropout} must be in [0, 1)")
         if not isinstance(qkv_bias, bool):
             raise ValueError(f"qkv_bias must be True or False, got {qkv_bias!r}")
-        _check_modern_options(num_heads, num_kv_heads, window, softcap, sinks)
+        check_layer_options(num_heads, num_kv_heads, window, softcap, sinks)
         name = type(self).__name__
         options = {"gqa": num_kv_heads, "window": window, "softcap": softcap, "sinks": sinks, "dropout": dropout}
         requested = requested_features(
@@ -386,7 +387,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_modern_options(num_heads: int, num_kv_heads: object, window: object, softcap: object, sinks: object) -> None:
+def check_layer_options(num_heads: int, num_kv_heads: object, window: object, softcap: object, sinks: object) -> None:
     """Raise ``ValueError`` naming the value and the limit for a bad num_kv_heads, window, softcap or sinks."""
     if num_kv_heads is not None:
         if not _is_int(num_kv_heads) or num_kv_heads < 1:
