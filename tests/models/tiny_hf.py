@@ -37,8 +37,50 @@ TINY: dict[str, dict] = {
     "qwen3": dict(head_dim=16),
     "gemma2": dict(head_dim=16, sliding_window=6, query_pre_attn_scalar=16),
     "gemma3_text": dict(head_dim=8, sliding_window=5, num_hidden_layers=3, query_pre_attn_scalar=8),
+    # MLA with a query bottleneck, values narrower than queries/keys, interleaved YaRN from 24 to 96 positions
+    # (mscale != mscale_all_dim, so both the cos/sin factor and the softmax scale differ from 1 and qk_dim**-0.5).
+    # first_k_dense_replace == num_hidden_layers: every layer dense (no experts).
+    "deepseek_v3": dict(
+        num_key_value_heads=4,
+        kv_lora_rank=16,
+        q_lora_rank=24,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=6,
+        first_k_dense_replace=2,
+        n_routed_experts=8,
+        n_group=2,
+        topk_group=1,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 24,
+            "mscale": 1.0,
+            "mscale_all_dim": 0.8,
+        },
+    ),
+    # MLA without the query bottleneck, values wider than queries/keys, plain rope in halves, biases.
+    "deepseek_v3_plain": dict(
+        num_key_value_heads=4,
+        kv_lora_rank=12,
+        q_lora_rank=None,
+        qk_nope_head_dim=6,
+        qk_rope_head_dim=4,
+        v_head_dim=16,
+        first_k_dense_replace=2,
+        n_routed_experts=8,
+        n_group=2,
+        topk_group=1,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        rope_interleave=False,
+        attention_bias=True,
+    ),
 }
-MODEL_TYPE = {"llama3_scaled": "llama"}
+MODEL_TYPE = {"llama3_scaled": "llama", "deepseek_v3_plain": "deepseek_v3"}
 
 
 def save_tiny(name: str, directory: Path, seed: int = 0, **overrides) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..config import DecoderConfig, RopeConfig
+from ..config import DecoderConfig, MLAConfig, MoEConfig, RopeConfig
 from .reader import ConfigReader
 
 __all__ = ["CONVERTERS", "config_from_hf", "read_rope", "read_windows", "register_converter"]
@@ -197,6 +197,70 @@ def _gemma(reader: ConfigReader) -> DecoderConfig:
         final_softcap=reader.float("final_logit_softcapping", None),
         embed_scale=True,
         model_type=model_type,
+    )
+
+
+@register_converter("deepseek_v3")
+def _deepseek_v3(reader: ConfigReader) -> DecoderConfig:
+    """DeepSeek-V3: multi-head latent attention (:mod:`..mla`) with interleaved YaRN rotary features, RMSNorm,
+    SwiGLU in the first ``first_k_dense_replace`` layers and a sigmoid-routed mixture of experts after them."""
+    common = _common(reader)
+    heads = common["num_heads"]
+    if common["num_kv_heads"] != heads:
+        raise ValueError(
+            f"num_key_value_heads {common['num_kv_heads']} must equal num_attention_heads {heads}: "
+            "multi-head latent attention has no grouped key/value heads"
+        )
+    reader.require("hidden_act", ("silu",), "silu")
+    reader.require("topk_method", ("noaux_tc",), "noaux_tc")  # the router transformers implements
+    reader.require("scoring_func", ("sigmoid",), "sigmoid")
+    reader.require("moe_layer_freq", (1,), 1)
+    mla = MLAConfig(
+        kv_lora_rank=reader.int("kv_lora_rank"),
+        qk_nope_head_dim=reader.int("qk_nope_head_dim"),
+        qk_rope_head_dim=reader.int("qk_rope_head_dim"),
+        v_head_dim=reader.int("v_head_dim"),
+        q_lora_rank=reader.int("q_lora_rank", None),
+    )
+    qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    # transformers writes its derived head_dim (= qk_rope_head_dim, the rotary width) and qk_head_dim.
+    given = {"head_dim": common["head_dim"], "qk_head_dim": reader.int("qk_head_dim", None)}
+    implied = {"head_dim": mla.qk_rope_head_dim, "qk_head_dim": qk_head_dim}
+    for key, value in given.items():
+        if value is not None and value != implied[key]:
+            raise ValueError(f"{key} must be {implied[key]} (implied by the MLA widths), got {value}")
+    common["head_dim"] = qk_head_dim  # the width of one query/key head
+    rope = read_rope(reader, interleaved=reader.bool("rope_interleave", True))
+    params = reader.data.get("rope_parameters") or reader.data.get("rope_scaling") or {}
+    if rope.rope_type == "yarn" and params.get("factor") is None:
+        # transformers would derive it from max_position_embeddings / original_max_position_embeddings
+        raise ValueError("yarn rope parameters without factor are not supported (give factor explicitly)")
+    num_experts = reader.int("n_routed_experts", None)
+    moe = None
+    if num_experts is not None:
+        moe = MoEConfig(
+            num_experts=num_experts,
+            top_k=reader.int("num_experts_per_tok"),
+            d_expert=reader.int("moe_intermediate_size"),
+            router="sigmoid_group",
+            num_shared_experts=reader.int("n_shared_experts", 0, minimum=0),
+            num_groups=reader.int("n_group", 1),
+            topk_group=reader.int("topk_group", 1),
+            routed_scaling=reader.float("routed_scaling_factor", 1.0),
+            normalize_topk=reader.bool("norm_topk_prob", True),
+            dense_layers=reader.int("first_k_dense_replace", 0, minimum=0),
+        )
+    bias = reader.bool("attention_bias", False)
+    return DecoderConfig(
+        **common,
+        norm="rmsnorm",
+        ffn="moe" if moe is not None else "swiglu",
+        moe=moe,
+        mla=mla,
+        rope=rope,
+        qkv_bias=bias,
+        out_bias=bias,
+        model_type="deepseek_v3",
     )
 
 

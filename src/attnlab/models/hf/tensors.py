@@ -70,6 +70,25 @@ RULES: dict[str, list[TensorRule]] = {
             ("post_feedforward_layernorm.weight", "ffn_post_norm.weight"),
         ],
     ),
+    # DeepSeek-V3: multi-head latent attention (attnlab's shorter names for the latent projections and norms),
+    # the dense SwiGLU of the first layers under "mlp", Llama's block norms.
+    "deepseek": _EDGES
+    + _layer(
+        r"model\.layers",
+        [
+            *[(f"self_attn.{name}.weight", f"attn.{name}.weight") for name in ("q_proj", "q_b_proj", "kv_b_proj")],
+            *[
+                (f"self_attn.{hf}.{param}", f"attn.{local}.{param}")
+                for hf, local in (("q_a_proj", "q_a_proj"), ("kv_a_proj_with_mqa", "kv_a_proj"), ("o_proj", "o_proj"))
+                for param in ("weight", "bias")
+            ],
+            ("self_attn.q_a_layernorm.weight", "attn.q_a_norm.weight"),
+            ("self_attn.kv_a_layernorm.weight", "attn.kv_a_norm.weight"),
+            *[(f"mlp.{name}_proj.weight", f"ffn.{name}_proj.weight") for name in ("gate", "up", "down")],
+            ("input_layernorm.weight", "attn_norm.weight"),
+            ("post_attention_layernorm.weight", "ffn_norm.weight"),
+        ],
+    ),
     "gpt2": [
         TensorRule(r"(transformer\.)?wte\.weight", ("tok_emb.weight",)),
         TensorRule(r"(transformer\.)?wpe\.weight", ("pos_emb.weight",)),
@@ -111,6 +130,7 @@ FAMILY_OF: dict[str, str] = {
     "gemma2": "gemma",
     "gemma3_text": "gemma",
     "gpt2": "gpt2",
+    "deepseek_v3": "deepseek",
 }
 
 #: Checkpoint entries that are not parameters (buffers some versions saved) and are skipped.
