@@ -235,26 +235,25 @@ def _deepseek_v3(reader: ConfigReader) -> DecoderConfig:
     if rope.rope_type == "yarn" and params.get("factor") is None:
         # transformers would derive it from max_position_embeddings / original_max_position_embeddings
         raise ValueError("yarn rope parameters without factor are not supported (give factor explicitly)")
-    num_experts = reader.int("n_routed_experts", None)
-    moe = None
-    if num_experts is not None:
-        moe = MoEConfig(
-            num_experts=num_experts,
-            top_k=reader.int("num_experts_per_tok"),
-            d_expert=reader.int("moe_intermediate_size"),
-            router="sigmoid_group",
-            num_shared_experts=reader.int("n_shared_experts", 0, minimum=0),
-            num_groups=reader.int("n_group", 1),
-            topk_group=reader.int("topk_group", 1),
-            routed_scaling=reader.float("routed_scaling_factor", 1.0),
-            normalize_topk=reader.bool("norm_topk_prob", True),
-            dense_layers=reader.int("first_k_dense_replace", 0, minimum=0),
-        )
+    # transformers builds experts in every layer from first_k_dense_replace on (none when it is >= the layer
+    # count); the router's fields have no safe default (transformers' and DeepSeek's differ), so all are required.
+    moe = MoEConfig(
+        num_experts=reader.int("n_routed_experts"),
+        top_k=reader.int("num_experts_per_tok"),
+        d_expert=reader.int("moe_intermediate_size"),
+        router="sigmoid_group",
+        num_shared_experts=reader.int("n_shared_experts", 0, minimum=0),
+        num_groups=reader.int("n_group"),
+        topk_group=reader.int("topk_group"),
+        routed_scaling=reader.float("routed_scaling_factor"),
+        normalize_topk=reader.bool("norm_topk_prob", True),
+        dense_layers=reader.int("first_k_dense_replace", minimum=0),
+    )
     bias = reader.bool("attention_bias", False)
     return DecoderConfig(
         **common,
         norm="rmsnorm",
-        ffn="moe" if moe is not None else "swiglu",
+        ffn="moe",
         moe=moe,
         mla=mla,
         rope=rope,
