@@ -36,37 +36,37 @@ def _edit_tensors(directory, edit):
 
 def test_unknown_model_type(llama_dir):
     _edit_config(llama_dir, model_type="falcon")
-    with pytest.raises(ValueError, match="model_type 'falcon' is not supported; attnlab runs: .*llama"):
+    with pytest.raises(ValueError, match=r"model_type 'falcon' is not supported; attnlab runs: .*llama"):
         from_hf(llama_dir)
 
 
 def test_field_that_cannot_be_honoured_is_named(llama_dir):
     _edit_config(llama_dir, logit_scale=3.0)
-    with pytest.raises(ValueError, match="does not know how to honour the field\\(s\\) logit_scale"):
+    with pytest.raises(ValueError, match=r"does not know how to honour the field\\(s\\) logit_scale"):
         from_hf(llama_dir)
 
 
 def test_unsupported_rope_type_is_named(llama_dir):
     _edit_config(llama_dir, rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0})
-    with pytest.raises(ValueError, match="rope_type 'longrope' is not supported"):
+    with pytest.raises(ValueError, match=r"rope_type 'longrope' is not supported"):
         from_hf(llama_dir)
 
 
 def test_unsupported_activation_is_named(llama_dir):
     _edit_config(llama_dir, hidden_act="relu")
-    with pytest.raises(ValueError, match="hidden_act='relu' is not supported"):
+    with pytest.raises(ValueError, match=r"hidden_act='relu' is not supported"):
         from_hf(llama_dir)
 
 
 def test_missing_tensor(llama_dir):
     _edit_tensors(llama_dir, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(ValueError, match="lacks 1 tensor.*blocks.1.ffn.up_proj.weight"):
+    with pytest.raises(ValueError, match=r"lacks 1 tensor.*blocks.1.ffn.up_proj.weight"):
         from_hf(llama_dir)
 
 
 def test_extra_tensor(llama_dir):
     _edit_tensors(llama_dir, lambda t: t.update({"model.layers.7.mlp.up_proj.weight": torch.zeros(48, 32)}))
-    with pytest.raises(ValueError, match="'model.layers.7.mlp.up_proj.weight' has no place"):
+    with pytest.raises(ValueError, match=r"'model.layers.7.mlp.up_proj.weight' has no place"):
         from_hf(llama_dir)
 
 
@@ -78,24 +78,24 @@ def test_config_contradicting_tensors(llama_dir):
 
 def test_integer_tensor_refused(llama_dir):
     _edit_tensors(llama_dir, lambda t: t.update({"model.norm.weight": torch.ones(32, dtype=torch.int32)}))
-    with pytest.raises(ValueError, match="'model.norm.weight' is I32; weights must be floating point"):
+    with pytest.raises(ValueError, match=r"'model.norm.weight' is I32; weights must be floating point"):
         from_hf(llama_dir)
 
 
 def test_bad_config_value_type(llama_dir):
     _edit_config(llama_dir, num_attention_heads="four")
-    with pytest.raises(ValueError, match="num_attention_heads must be an integer >= 1, got 'four'"):
+    with pytest.raises(ValueError, match=r"num_attention_heads must be an integer >= 1, got 'four'"):
         from_hf(llama_dir)
 
 
 def test_not_a_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="has no config.json"):
+    with pytest.raises(ValueError, match=r"has no config.json"):
         from_hf(tmp_path)
 
 
 def test_backend_that_cannot_do_the_window_is_refused_by_name(tmp_path):
     directory = save_tiny("mistral", tmp_path / "mistral")
-    with pytest.raises(ValueError, match="the sdpa backend does not support window"):
+    with pytest.raises(ValueError, match=r"the sdpa backend does not support window"):
         from_hf(directory, "sdpa")
 
 
