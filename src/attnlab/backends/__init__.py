@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from ..availability import missing_packages_reason
-from . import flash_decode_torch, flash_decode_triton, flash_torch, flash_triton, flex, naive, paged_torch, sdpa
+from . import flash_decode_torch, flash_decode_triton, flash_torch, flash_triton, flex, naive, sdpa
 from .common import causal_mask
+from .paged_torch import paged_torch_attention
+from .paged_triton import paged_triton_attention
 from .spec import FEATURES, AttentionSpec
 
 __all__ = ["BACKENDS", "FEATURES", "PAGED", "AttentionSpec", "Backend", "backends_with", "causal_mask"]
@@ -184,7 +186,7 @@ BACKENDS: dict[str, Backend] = {
         flash_torch.flash_torch_attention,
         "FlashAttention-2 in plain PyTorch: tiled online softmax, recomputing backward",
         flash_torch.FEATURES,
-        paged=paged_torch.paged_torch_attention,
+        paged=paged_torch_attention,
     ),
     "flash_triton": Backend(
         "flash_triton",
@@ -193,6 +195,7 @@ BACKENDS: dict[str, Backend] = {
         flash_triton.FEATURES,
         requires=("triton",),
         device_reason=flash_triton.unsupported_device_reason,
+        paged=paged_triton_attention,
     ),
     "flash_decode_torch": Backend(
         "flash_decode_torch",
@@ -200,7 +203,7 @@ BACKENDS: dict[str, Backend] = {
         "split-KV decoding (flash-decoding) in plain PyTorch: key chunks in parallel, merged on the lse",
         flash_decode_torch.FEATURES,
         no_backward_on=flash_decode_torch.ALL_DEVICE_TYPES,
-        paged=paged_torch.paged_torch_attention,
+        paged=paged_torch_attention,
     ),
     "flash_decode_triton": Backend(
         "flash_decode_triton",
@@ -209,5 +212,6 @@ BACKENDS: dict[str, Backend] = {
         flash_decode_triton.FEATURES,
         no_backward_on=flash_decode_torch.ALL_DEVICE_TYPES,
         requires=("triton",),
+        paged=paged_triton_attention,
     ),
 }
