@@ -75,3 +75,13 @@ def test_pages_the_kernel_cannot_tile_are_refused(block_size):
     inputs = make_paged_inputs([20], 2, 1, 16, block_size)
     with pytest.raises(ValueError, match=f"power of two >= 16, got {block_size}"):
         run_paged(paged_triton_attention, inputs)
+
+
+def test_non_contiguous_inputs():
+    inputs = make_paged_inputs([40, 9], 4, 2, 16, 16, h_kv=2, seed=7)
+    inputs.q = inputs.q.transpose(1, 2).contiguous().transpose(1, 2)  # (b, h, t_q, d), strided
+    for name in ("key_pages", "value_pages"):  # slot-major pages viewed as (num_blocks, h_kv, bs, d)
+        setattr(inputs, name, getattr(inputs, name).transpose(1, 2).contiguous().transpose(1, 2))
+    inputs.block_table = inputs.block_table.t().contiguous().t()
+    assert not inputs.q.is_contiguous() and not inputs.key_pages.is_contiguous()
+    assert_paged_matches_reference(paged_triton_attention, inputs, window=21)

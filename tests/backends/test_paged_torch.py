@@ -11,6 +11,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from paged_cases import assert_paged_matches_reference, make_paged_inputs, run_paged
 
 from attnlab.backends import BACKENDS, PAGED, AttentionSpec, backends_with
@@ -188,3 +190,35 @@ def test_inputs_that_require_grad_are_refused(small):
 
 def test_features_are_declared():
     assert FEATURES == {"gqa", "window", "softcap", "sinks", "alibi_slopes", "return_lse"}
+
+
+def _as_views(inputs):
+    """The same data in other layouts: q from a (b, t, h, d) buffer, pages from (num_blocks, bs, h_kv, d) ones."""
+    inputs.q = inputs.q.transpose(1, 2).contiguous().transpose(1, 2)  # (b, h, t_q, d), strided
+    for name in ("key_pages", "value_pages"):
+        pages = getattr(inputs, name)
+        setattr(inputs, name, pages.transpose(1, 2).contiguous().transpose(1, 2))  # vLLM-like slot-major pages
+    inputs.block_table = inputs.block_table.t().contiguous().t()  # column-major table
+    assert not inputs.q.is_contiguous() and not inputs.key_pages.is_contiguous()
+    return inputs
+
+
+def test_non_contiguous_inputs():
+    inputs = _as_views(make_paged_inputs([30, 5], 4, 2, 8, 4, h_kv=2, seed=7))
+    assert_paged_matches_reference(paged_torch_attention, inputs, window=11)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kv_lens=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    t_q=st.integers(1, 6),
+    block_size=st.sampled_from([1, 3, 4, 16]),
+    group=st.sampled_from([1, 2, 3]),
+    window=st.none() | st.integers(1, 12),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_against_the_reference(kv_lens, t_q, block_size, group, window, causal, seed):
+    inputs = make_paged_inputs(kv_lens, 2 * group, t_q, 8, block_size, h_kv=2, seed=seed)
+    options = {"causal": causal or window is not None, "window": window, "sinks": torch.linspace(-1.0, 1.0, 2 * group)}
+    assert_paged_matches_reference(paged_torch_attention, inputs, **options)
