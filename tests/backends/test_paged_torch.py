@@ -92,6 +92,10 @@ def test_empty_batch():
     out = paged_torch_attention(q, inputs.key_pages, inputs.value_pages, inputs.block_table[:0], inputs.kv_lens[:0],
                                 AttentionSpec())  # fmt: skip
     assert out.shape == (0, 2, 1, 8)
+    no_queries = inputs.q[:, :, :0]  # (1, 2, 0, 8)
+    args = (inputs.key_pages, inputs.value_pages, inputs.block_table, inputs.kv_lens, AttentionSpec(return_lse=True))
+    out, lse = paged_torch_attention(no_queries, *args)
+    assert out.shape == (1, 2, 0, 8) and lse.shape == (1, 2, 0)
 
 
 # -- the registry ------------------------------------------------------------------------------------------

@@ -225,6 +225,9 @@ def paged_torch_attention(
     group, rows = h // h_kv, (h // h_kv) * t_q  # R = group * t_q packed rows per key/value head
     acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     device = q.device
+    if b * h * t_q == 0:  # nothing to compute
+        out, lse = q.new_zeros(q.shape), torch.full((b, h, t_q), float("-inf"), dtype=acc_dtype, device=device)
+        return (out, lse) if spec.return_lse else out
     bounds = paged_key_bounds(lengths, t_q, spec)  # (b, t_q) each, CPU
     # Per packed row g * t_q + i: query i's interval and position, (b, 1, R, 1) on the device.
     row_lo, row_hi, row_pos = (
