@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from attnlab.backends import BACKENDS, AttentionSpec
 from attnlab.reference import reference_core_attention
@@ -207,3 +209,61 @@ def test_decoding_through_the_cache_matches_the_reference():
             want, _ = reference_core_attention(q[row : row + 1].double(), k.double(), v.double())
             assert (got[row] - want[0]).abs().max() <= 64 * torch.finfo(torch.float32).eps * want.abs().max()
     assert cache.copied_blocks == 1  # c's first append copied the shared partial block
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_workloads_keep_the_books_and_the_data(data):
+    # Random adds (prompts from a tiny vocabulary, so prefixes repeat), appends, forks and frees against a
+    # shadow copy of every sequence's keys: the cache must read back exactly what each sequence wrote, every
+    # block's count must equal the tables holding it, and all blocks must be free at the end.
+    cache = PagedKVCache(1, 12, 2, h_kv=1, head_dim=1)
+    shadow: dict[int, list[float]] = {}  # seq id -> its keys, one float per token
+    next_id, next_value = 0, 2.0
+    for _ in range(data.draw(st.integers(1, 25))):
+        action = data.draw(st.sampled_from(["add", "append", "fork", "free"]))
+        if action == "add" or not shadow:
+            prompt = data.draw(st.lists(st.integers(0, 1), min_size=1, max_size=7))
+            if not cache.can_allocate(len(prompt)):
+                continue
+            cached = cache.add_sequence(next_id, prompt)
+            # A shared prefix is the data an earlier sequence wrote for the same tokens: token t's key is t's id.
+            shadow[next_id] = [float(token) for token in prompt[:cached]]
+            rest = prompt[cached:]
+            slots = cache.append_slots([next_id], len(rest))
+            cache.write(0, slots, *[torch.tensor(rest, dtype=torch.float32).view(-1, 1, 1)] * 2)
+            cache.mark_written([next_id])
+            shadow[next_id] += [float(token) for token in rest]
+            next_id += 1
+        elif action == "append":
+            seq_id = data.draw(st.sampled_from(sorted(shadow)))
+            n = data.draw(st.integers(1, 3))
+            if not cache.can_append([seq_id], n):
+                with pytest.raises(ValueError, match="the block pool is exhausted"):
+                    cache.append_slots([seq_id], n)
+                continue
+            values = [next_value + i for i in range(n)]  # generated tokens: values no prompt token has
+            next_value += n
+            cache.write(0, cache.append_slots([seq_id], n), *[torch.tensor(values).view(-1, 1, 1)] * 2)
+            shadow[seq_id] += values
+        elif action == "fork":
+            parent = data.draw(st.sampled_from(sorted(shadow)))
+            cache.fork(parent, next_id)
+            shadow[next_id] = list(shadow[parent])
+            next_id += 1
+        else:
+            seq_id = data.draw(st.sampled_from(sorted(shadow)))
+            cache.free_sequence(seq_id)
+            del shadow[seq_id]
+        holders = [0] * 12
+        for seq_id, keys in shadow.items():
+            assert cache.length(seq_id) == len(keys)
+            for block in cache.block_ids(seq_id):
+                holders[block] += 1
+            gathered, _ = cache.gather(0, [seq_id])
+            assert gathered.flatten().tolist() == keys
+        assert holders == [cache.pool.refcount(block) for block in range(12)]
+        assert cache.pool.num_free == holders.count(0)
+    for seq_id in list(shadow):
+        cache.free_sequence(seq_id)
+    assert cache.pool.num_free == 12
