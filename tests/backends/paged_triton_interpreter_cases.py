@@ -13,6 +13,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from paged_cases import assert_paged_matches_reference, make_paged_inputs, run_paged
 
 from attnlab.backends import BACKENDS, AttentionSpec
@@ -85,3 +87,16 @@ def test_non_contiguous_inputs():
     inputs.block_table = inputs.block_table.t().contiguous().t()
     assert not inputs.q.is_contiguous() and not inputs.key_pages.is_contiguous()
     assert_paged_matches_reference(paged_triton_attention, inputs, window=21)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kv_lens=st.lists(st.integers(1, 50), min_size=1, max_size=3),
+    t_q=st.integers(1, 5),
+    group=st.sampled_from([1, 3]),
+    window=st.none() | st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_against_the_reference(kv_lens, t_q, group, window, seed):
+    inputs = make_paged_inputs(kv_lens, 2 * group, t_q, 16, 16, h_kv=2, seed=seed)
+    assert_paged_matches_reference(paged_triton_attention, inputs, window=window, softcap=5.0)
