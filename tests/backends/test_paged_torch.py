@@ -111,6 +111,21 @@ def test_registry_entry_points():
     assert torch.equal(got, paged_torch_attention(*args))
     with pytest.raises(ValueError, match="the naive backend has no paged attention; backends that do: flash_torch"):
         BACKENDS["naive"].attend_paged(*args)
+    with torch.no_grad():
+        unchecked = BACKENDS["flash_decode_torch"].attend_paged(*args, check_values=False)
+    assert torch.equal(unchecked, got)
+    message = "the flash_torch backend's paged attention takes no block_n; its keywords: check_values"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BACKENDS["flash_torch"].attend_paged(*args, block_n=16)
+
+
+def test_check_values_false_skips_the_table_check(small):
+    table = small.block_table.clone()
+    table[1, 0] = -1  # would be refused by check_paged_values; unchecked, it reads page -1 (the last one)
+    with torch.no_grad():
+        out = paged_torch_attention(small.q, small.key_pages, small.value_pages, table, small.kv_lens,
+                                    AttentionSpec(), check_values=False)  # fmt: skip
+    assert out.shape == small.q.shape
 
 
 # -- refusals ----------------------------------------------------------------------------------------------

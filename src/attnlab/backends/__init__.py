@@ -105,17 +105,25 @@ class Backend:
         block_table: torch.Tensor,
         kv_lens: torch.Tensor,
         spec: AttentionSpec,
+        **extras,
     ) -> AttentionOutput:
         """Attention of q (b, h, t_q, d) over a paged KV cache (see :mod:`attnlab.backends.paged_torch`).
 
         ``key_pages``/``value_pages`` (num_blocks, h_kv, block_size, d), ``block_table`` int (b, max_blocks),
-        ``kv_lens`` int (b,); forward only. Backends without it raise ``ValueError`` naming those with it.
+        ``kv_lens`` int (b,); forward only. ``extras``: the paged function's keywords (``check_values=False``
+        skips the checks that read the table and lengths, a device sync). Backends without paged attention
+        raise ``ValueError`` naming those with it.
         """
         if self.paged is None:
             raise ValueError(
                 f"the {self.name} backend has no paged attention; backends that do: {', '.join(backends_with(PAGED))}"
             )
-        return self.paged(q, key_pages, value_pages, block_table, kv_lens, spec)
+        if extras and (unknown := sorted(set(extras) - set(_keyword_only(self.paged)))):
+            raise ValueError(
+                f"the {self.name} backend's paged attention takes no {', '.join(unknown)}; its keywords: "
+                f"{', '.join(_keyword_only(self.paged)) or 'none'}"
+            )
+        return self.paged(q, key_pages, value_pages, block_table, kv_lens, spec, **extras)
 
     @property
     def tuning(self) -> tuple[str, ...]:

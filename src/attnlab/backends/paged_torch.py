@@ -40,7 +40,14 @@ import torch
 
 from .spec import AttentionSpec
 
-__all__ = ["FEATURES", "PagedBounds", "check_paged_inputs", "paged_key_bounds", "paged_torch_attention"]
+__all__ = [
+    "FEATURES",
+    "PagedBounds",
+    "check_paged_inputs",
+    "check_paged_values",
+    "paged_key_bounds",
+    "paged_torch_attention",
+]
 
 #: The optional features of :class:`AttentionSpec` paged attention does (not packed sequences, not dropout).
 FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "return_lse"})
@@ -82,9 +89,9 @@ def check_paged_inputs(
     kv_lens: torch.Tensor,
     spec: AttentionSpec,
     features: frozenset[str],
-) -> torch.Tensor:
-    """Raise ``ValueError`` unless the call is valid for backend ``name`` doing ``features``; returns kv_lens
-    as int64 on the CPU (one device sync: the lengths and the table entries they use are checked)."""
+) -> None:
+    """Raise ``ValueError`` unless the call is valid for backend ``name`` doing ``features``: shapes, dtypes,
+    devices and options, without reading any tensor's values (no device sync; see :func:`check_paged_values`)."""
     if not isinstance(spec, AttentionSpec):
         raise ValueError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
     if getattr(spec, "kv_lens", None) is not None:
@@ -101,7 +108,7 @@ def check_paged_inputs(
             raise ValueError(f"{arg} is {pages.dtype} on {pages.device}; q is {q.dtype} on {q.device}")
     if key_pages.shape != value_pages.shape:
         raise ValueError(f"key_pages {tuple(key_pages.shape)} and value_pages {tuple(value_pages.shape)} differ")
-    num_blocks, h_kv, block_size, page_dim = key_pages.shape
+    _, h_kv, block_size, page_dim = key_pages.shape
     if page_dim != head_dim or head_dim < 1:
         raise ValueError(f"q's head_dim {head_dim} and the pages' {page_dim} must agree (and be >= 1)")
     if h_kv < 1 or h % h_kv != 0 or block_size < 1:
@@ -134,15 +141,22 @@ def check_paged_inputs(
                 f"{name}'s paged attention is forward-only (decoding) but {', '.join(needing)} require grad; run "
                 "it under torch.no_grad() or torch.inference_mode()"
             )
+
+
+def check_paged_values(key_pages: torch.Tensor, block_table: torch.Tensor, kv_lens: torch.Tensor) -> torch.Tensor:
+    """Raise ``ValueError`` unless every ``kv_lens`` lies in ``[1, max_blocks * block_size]`` and every table entry
+    a row reads is a page; returns kv_lens as int64 on the CPU. Reads both tensors: one device sync."""
+    num_blocks, _, block_size, _ = key_pages.shape
+    b = kv_lens.shape[0]
     capacity = block_table.shape[1] * block_size
-    lengths = kv_lens.to(device="cpu", dtype=torch.int64)  # (b,): the one sync
+    lengths = kv_lens.to(device="cpu", dtype=torch.int64)  # (b,)
     if b and (int(lengths.min()) < 1 or int(lengths.max()) > capacity):
         raise ValueError(
             f"kv_lens must lie in [1, {capacity}] (max_blocks {block_table.shape[1]} x block_size {block_size}), "
             f"got {lengths.tolist()}"
         )
     used = torch.arange(block_table.shape[1]) < -(lengths // -block_size)[:, None]  # (b, max_blocks)
-    table = block_table.to(device="cpu", dtype=torch.int64)
+    table = block_table.to(device="cpu", dtype=torch.int64)  # (b, max_blocks)
     bad = used & ((table < 0) | (table >= num_blocks))  # (b, max_blocks)
     if bool(bad.any()):
         row, n = (int(x) for x in bad.nonzero()[0])
@@ -213,13 +227,20 @@ def paged_torch_attention(
     block_table: torch.Tensor,
     kv_lens: torch.Tensor,
     spec: AttentionSpec,
+    *,
+    check_values: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Paged attention: q (b, h, t_q, d) over the pages of each row -> out (b, h, t_q, d) [, lse (b, h, t_q)].
 
     ``key_pages``, ``value_pages`` (num_blocks, h_kv, block_size, d); ``block_table`` int (b, max_blocks);
-    ``kv_lens`` int (b,). See the module docstring for the semantics. Forward only.
+    ``kv_lens`` int (b,). See the module docstring for the semantics. Forward only. ``check_values=False``
+    skips :func:`check_paged_values` (for tables and lengths a :class:`~attnlab.serving.PagedKVCache` built).
     """
-    lengths = check_paged_inputs("paged_torch", q, key_pages, value_pages, block_table, kv_lens, spec, FEATURES)
+    check_paged_inputs("paged_torch", q, key_pages, value_pages, block_table, kv_lens, spec, FEATURES)
+    if check_values:
+        lengths = check_paged_values(key_pages, block_table, kv_lens)  # (b,) int64, CPU
+    else:
+        lengths = kv_lens.to(device="cpu", dtype=torch.int64)  # (b,): the plan needs them on the host
     b, h, t_q, head_dim = q.shape
     h_kv, block_size = key_pages.shape[1], key_pages.shape[2]
     group, rows = h // h_kv, (h // h_kv) * t_q  # R = group * t_q packed rows per key/value head

@@ -17,7 +17,7 @@ import torch
 
 from .flash_triton import check_kernel_inputs
 from .paged_torch import FEATURES as TORCH_FEATURES
-from .paged_torch import check_paged_inputs
+from .paged_torch import check_paged_inputs, check_paged_values
 from .spec import AttentionSpec
 
 __all__ = ["FEATURES", "MIN_BLOCK_SIZE", "paged_triton_attention"]
@@ -41,13 +41,19 @@ def paged_triton_attention(
     block_table: torch.Tensor,
     kv_lens: torch.Tensor,
     spec: AttentionSpec,
+    *,
+    check_values: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The paged kernel on q (b, h, t_q, d) -> out (b, h, t_q, d) [, lse (b, h, t_q) float32].
 
     ``key_pages``, ``value_pages`` (num_blocks, h_kv, block_size, d); ``block_table`` int (b, max_blocks);
     ``kv_lens`` int (b,). Semantics of :func:`attnlab.backends.paged_torch.paged_torch_attention`.
+    ``check_values=False`` skips :func:`~attnlab.backends.paged_torch.check_paged_values`, the one device sync
+    (a table entry outside the pool then reads out of bounds: pass tables and lengths a PagedKVCache built).
     """
     check_paged_inputs("paged_triton", q, key_pages, value_pages, block_table, kv_lens, spec, FEATURES)
+    if check_values:
+        check_paged_values(key_pages, block_table, kv_lens)
     check_kernel_inputs(q, "paged_triton")
     b, h, t_q, head_dim = q.shape
     h_kv, block_size = key_pages.shape[1], key_pages.shape[2]
