@@ -4,11 +4,13 @@
   copy-on-write, a cache of freed prefix blocks);
 - :mod:`.prefix`: naming full prompt blocks by a chained hash, so equal prefixes share blocks;
 - :mod:`.paged_cache`: :class:`PagedKVCache`, per-layer page tensors plus block tables and lengths per
-  sequence, what the paged attention functions (``Backend.attend_paged``) read.
+  sequence, what the paged attention functions (``Backend.attend_paged``) read;
+- :mod:`.engine`: :class:`Engine`, continuous batching of many requests over that cache (:mod:`.request`).
 """
 
 from .blocks import BlockPool
+from .engine import Engine
 from .paged_cache import PagedKVCache
 from .prefix import full_block_keys
 
-__all__ = ["BlockPool", "PagedKVCache", "full_block_keys"]
+__all__ = ["BlockPool", "Engine", "PagedKVCache", "full_block_keys"]
