@@ -69,7 +69,7 @@ def reference_core_attention(
     segments = _check_core_args(q, k, v, causal, scale, window, softcap, sinks, alibi_slopes, seq_lens)
     row_keys = _check_kv_lens(kv_lens, q.shape[0], k.shape[2], seq_lens)  # keys per batch row
     batch, num_heads, t_q, head_dim = q.shape
-    num_kv_heads, t_k = k.shape[1], k.shape[2]
+    num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads  # query heads per key/value head
     scale = head_dim**-0.5 if scale is None else float(scale)
     softcap = None if softcap is None else float(softcap)
@@ -111,9 +111,7 @@ def reference_core_attention(
     return out, lse
 
 
-def _check_kv_lens(
-    kv_lens: torch.Tensor | Sequence[int] | None, batch: int, t_k: int, seq_lens: object
-) -> list[int]:
+def _check_kv_lens(kv_lens: torch.Tensor | Sequence[int] | None, batch: int, t_k: int, seq_lens: object) -> list[int]:
     """Validate the per-row key lengths; return them as ints (``t_k`` for every row when None)."""
     if kv_lens is None:
         return [t_k] * batch

@@ -42,7 +42,7 @@ def _row_lengths(kv_lens: torch.Tensor, device: torch.device | str | None) -> to
 def _positions(
     t_q: int, t_k: int, device: torch.device | str | None, kv_lens: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query positions (t_q, 1) aligned bottom-right (per row, (b, 1, t_q, 1), with kv_lens) and key positions (1, t_k)."""
+    """Query positions (t_q, 1) aligned bottom-right ((b, 1, t_q, 1) with kv_lens) and key positions (1, t_k)."""
     query_pos = torch.arange(t_q, device=device).unsqueeze(1) - t_q  # (t_q, 1)
     query_pos = query_pos + (t_k if kv_lens is None else _row_lengths(kv_lens, device))  # (t_q, 1) or (b, 1, t_q, 1)
     key_pos = torch.arange(t_k, device=device).unsqueeze(0)  # (1, t_k)
@@ -80,7 +80,8 @@ def key_bounds(
     """
     last_key = t_k - 1  # an int, or (b, 1) with kv_lens
     if spec.kv_lens is not None:
-        last_key = spec.kv_lens.to(device="cpu" if device is None else device, dtype=torch.int64).view(-1, 1) - 1  # (b, 1)
+        lengths = spec.kv_lens.to(device="cpu" if device is None else device, dtype=torch.int64)  # (b,)
+        last_key = lengths.view(-1, 1) - 1  # (b, 1)
     query_pos = torch.arange(t_q, device=device) + (last_key + 1 - t_q)  # (t_q,) or (b, t_q)
     lo = torch.zeros_like(query_pos)  # (t_q,) or (b, t_q)
     hi = torch.zeros_like(query_pos) + last_key  # (t_q,) or (b, t_q)
@@ -100,6 +101,6 @@ def key_bounds(
 def alibi_distance(
     t_q: int, t_k: int, device: torch.device | str | None = None, kv_lens: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(t_q, t_k) float32 |p_i - j| ((b, 1, t_q, t_k) with per-row ``kv_lens``): ALiBi subtracts ``slope * distance``."""
+    """(t_q, t_k) float32 |p_i - j| ((b, 1, t_q, t_k) with ``kv_lens``): ALiBi subtracts ``slope * distance``."""
     query_pos, key_pos = _positions(t_q, t_k, device, kv_lens)
     return (query_pos - key_pos).abs().to(torch.float32)  # (t_q, t_k) or (b, 1, t_q, t_k)

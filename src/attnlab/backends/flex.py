@@ -119,9 +119,7 @@ def _kv_lens_block_mask(t_q: int, t_k: int, spec: AttentionSpec, device: torch.d
         return kv_idx > q_idx + lengths[b] - t_q - window_size
 
     rules = [within_row] + ([causal_rule] if spec.causal else []) + ([window_rule] if spec.window is not None else [])
-    return create_block_mask(
-        and_masks(*rules), B=lengths.shape[0], H=None, Q_LEN=t_q, KV_LEN=t_k, device=str(device)
-    )
+    return create_block_mask(and_masks(*rules), B=lengths.shape[0], H=None, Q_LEN=t_q, KV_LEN=t_k, device=str(device))
 
 
 def _score_mod(spec: AttentionSpec, t_q: int, t_k: int, device: torch.device) -> ScoreMod | None:

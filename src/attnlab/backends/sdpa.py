@@ -3,8 +3,9 @@
 SDPA's own ``is_causal`` aligns the mask top-left, so when ``t_q != t_k`` these backends pass a
 bottom-right mask instead, to keep attnlab's one convention (see :mod:`attnlab.backends.common`).
 GQA goes through SDPA's ``enable_gqa`` (no repeated keys/values). ``sdpa_mask`` also takes windows,
-packed sequences, per-row key lengths (``kv_lens``: a (b, 1, t_q, t_k) mask) and ALiBi, as a boolean or additive mask; neither can softcap the scores, add sinks or
-return the log-sum-exp (SDPA has no such options), so those are refused by the registry.
+packed sequences, per-row key lengths (``kv_lens``: a (b, 1, t_q, t_k) mask) and ALiBi, as a boolean or
+additive mask; neither can softcap the scores, add sinks or return the log-sum-exp (SDPA has no such
+options), so those are refused by the registry.
 """
 
 from __future__ import annotations

@@ -86,7 +86,9 @@ def _normalise_seq_lens(seq_lens: object) -> tuple[int, ...]:
 def _check_kv_lens_tensor(kv_lens: object) -> None:
     """kv_lens on its own: a 1-D integer tensor (its length, device and values are checked against q and k)."""
     if not isinstance(kv_lens, torch.Tensor):
-        raise ValueError(f"kv_lens must be a 1-D integer tensor (one length per batch row), got {type(kv_lens).__name__}")
+        raise ValueError(
+            f"kv_lens must be a 1-D integer tensor (one length per batch row), got {type(kv_lens).__name__}"
+        )
     if kv_lens.dim() != 1 or kv_lens.is_floating_point() or kv_lens.is_complex() or kv_lens.dtype == torch.bool:
         raise ValueError(
             f"kv_lens must be a 1-D integer tensor (one length per batch row), got a {kv_lens.dtype} tensor of shape "
