@@ -23,7 +23,7 @@ import torch
 if TYPE_CHECKING:
     from .spec import AttentionSpec
 
-__all__ = ["alibi_distance", "causal_mask", "key_bounds", "visible_mask"]
+__all__ = ["alibi_distance", "causal_mask", "key_bounds", "visible_mask", "zero_past_kv_lens"]
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -47,6 +47,20 @@ def _positions(
     query_pos = query_pos + (t_k if kv_lens is None else _row_lengths(kv_lens, device))  # (t_q, 1) or (b, 1, t_q, 1)
     key_pos = torch.arange(t_k, device=device).unsqueeze(0)  # (1, t_k)
     return query_pos, key_pos
+
+
+def zero_past_kv_lens(x: torch.Tensor, kv_lens: torch.Tensor | None) -> torch.Tensor:
+    """k or v (b, h_kv, t_k, d) with the positions at or past each row's ``kv_lens[r]`` set to zero (x itself
+    when ``kv_lens`` is None).
+
+    Those positions get zero weight anyway, but zero times a NaN left in an unwritten cache slot is NaN: the
+    backends that read them (every PyTorch one; the Triton kernels never load them) zero them first, so that
+    "ignored" holds for any content. Differentiable: the zeroed positions get zero gradient.
+    """
+    if kv_lens is None:
+        return x
+    past = torch.arange(x.shape[2], device=x.device).view(1, 1, -1, 1) >= _row_lengths(kv_lens, x.device)  # (b,1,t_k,1)
+    return x.masked_fill(past, 0.0)  # (b, h_kv, t_k, d)
 
 
 def visible_mask(t_q: int, t_k: int, spec: AttentionSpec, device: torch.device | str | None = None) -> torch.Tensor:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import key_bounds
+from .common import key_bounds, zero_past_kv_lens
 from .spec import AttentionSpec
 
 __all__ = [
@@ -308,6 +308,7 @@ def flash_decode_torch_attention(
         lse = torch.full((b, h, t_q), float("-inf"), dtype=acc_dtype, device=q.device)  # (b, h, t_q)
         return (out, lse) if spec.return_lse else out
 
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # unwritten slots: zeros, not NaN
     # Rows g * t_q + i of key/value head (b, kv): query i of query head kv * group + g, pre-scaled.
     q_rows = q.to(acc_dtype).reshape(heads, rows, head_dim) * spec.scale_for(head_dim)  # (b*h_kv, R, d)
     neg_slopes = None

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import key_bounds
+from .common import key_bounds, zero_past_kv_lens
 from .spec import AttentionSpec
 
 __all__ = [
@@ -408,6 +408,8 @@ def _forward(
     lay = layout
     kv_heads = lay.b * lay.h_kv
     q_all = _pack_queries(q, lay.h_kv, lay.acc_dtype, lay.scale)  # (b*h_kv, t_q*group, d), softmax scale folded in
+    # A masked tile that straddles a row's length reads keys past it: zeros there, not an unwritten slot's NaN.
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # (b, h_kv, t_k, d) each
     k_all = k.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     v_all = v.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     out = torch.empty(kv_heads, lay.t_q * lay.group, lay.head_dim, dtype=q.dtype, device=q.device)  # packed rows
@@ -582,6 +584,8 @@ def _backward(
     q_all = _pack_queries(q, lay.h_kv, lay.acc_dtype, lay.scale)  # (b*h_kv, t_q*group, d), pre-scaled
     do_all = _pack_queries(dout, lay.h_kv, lay.acc_dtype)  # (b*h_kv, t_q*group, d)
     out_all = _pack_queries(out, lay.h_kv, lay.acc_dtype)  # (b*h_kv, t_q*group, d)
+    # A masked tile that straddles a row's length reads keys past it: zeros there, not an unwritten slot's NaN.
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # (b, h_kv, t_k, d) each
     k_all = k.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     v_all = v.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     sinks = None if spec.sinks is None else lay.per_row(spec.sinks.detach())  # (b*h_kv, t_q*group)

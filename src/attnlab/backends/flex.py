@@ -202,6 +202,10 @@ def flex_attention_backend(
         block_mask = _kv_lens_block_mask(t_q, t_k, spec, q.device)
     elif _has_visibility_rule(spec):
         block_mask = _block_mask(t_q, t_k, spec.causal, spec.window, spec.seq_lens, str(q.device))
+    if spec.kv_lens is not None:  # unwritten cache slots: zeros (0 * NaN would leak into the output)
+        from .common import zero_past_kv_lens
+
+        k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)
     options = {}
     if _needs_lse(spec):  # AuxRequest is recent PyTorch: imported only when the lse is asked for
         from torch.nn.attention.flex_attention import AuxRequest

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import alibi_distance, visible_mask
+from .common import alibi_distance, visible_mask, zero_past_kv_lens
 from .spec import AttentionSpec
 
 __all__ = ["FEATURES", "naive_attention"]
@@ -30,6 +30,7 @@ def naive_attention(
     t_k = k.shape[2]
     compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     group = h // k.shape[1]  # query heads per key/value head
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # unwritten cache slots: zeros
     keys = k.to(compute_dtype).repeat_interleave(group, dim=1)  # (b, h, t_k, d): GQA, materialised
     values = v.to(compute_dtype).repeat_interleave(group, dim=1)  # (b, h, t_k, d)
     attn_scores = q.to(compute_dtype) @ keys.transpose(-2, -1) * spec.scale_for(head_dim)  # (b, h, t_q, t_k)

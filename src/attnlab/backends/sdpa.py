@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import alibi_distance, visible_mask
+from .common import alibi_distance, visible_mask, zero_past_kv_lens
 from .spec import AttentionSpec
 
 __all__ = ["SDPA_FEATURES", "SDPA_MASK_FEATURES", "sdpa_attention", "sdpa_mask_attention"]
@@ -57,5 +57,6 @@ def sdpa_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec:
         distance = alibi_distance(t_q, t_k, q.device, spec.kv_lens).to(q.dtype)  # (t_q, t_k) or (b, 1, t_q, t_k)
         bias = -slopes * distance  # (h, t_q, t_k) or (b, h, t_q, t_k)
         attn_mask = bias.masked_fill(~attn_mask, float("-inf"))  # (h, t_q, t_k) or (b, h, t_q, t_k)
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # unwritten cache slots: zeros
     out = _sdpa(q, k, v, spec, attn_mask=attn_mask)  # (b, h, t_q, d)
     return out if bool(has_key.all()) else out * has_key
