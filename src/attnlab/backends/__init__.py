@@ -3,7 +3,7 @@
 Every backend is called the same way::
 
     out = BACKENDS["naive"](q, k, v, causal=True, scale=None, window=None, softcap=None, sinks=None,
-                            alibi_slopes=None, seq_lens=None, return_lse=False, dropout_p=0.0)
+                            alibi_slopes=None, seq_lens=None, kv_lens=None, return_lse=False, dropout_p=0.0)
     # q (b, h, t_q, d), k/v (b, h_kv, t_k, d) -> (b, h, t_q, d), or (out, lse) with return_lse=True
 
 The keywords become one :class:`AttentionSpec` (exact semantics in :mod:`attnlab.backends.spec`);
@@ -66,6 +66,7 @@ class Backend:
         sinks: torch.Tensor | None = None,
         alibi_slopes: torch.Tensor | None = None,
         seq_lens: torch.Tensor | list[int] | tuple[int, ...] | None = None,
+        kv_lens: torch.Tensor | None = None,
         return_lse: bool = False,
         dropout_p: float = 0.0,
     ) -> AttentionOutput:
@@ -77,6 +78,7 @@ class Backend:
             sinks=sinks,
             alibi_slopes=alibi_slopes,
             seq_lens=seq_lens,
+            kv_lens=kv_lens,
             return_lse=return_lse,
             dropout_p=dropout_p,
         )
