@@ -66,7 +66,7 @@ def test_greedy_tokens_match_transformers_with_and_without_cache(name, checkpoin
     assert generate(model, prompt, GenerationOptions(max_new_tokens=25, use_cache=False)) == [expected]
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral", "gemma2"])
+@pytest.mark.parametrize("name", ["llama", "mistral", "gemma2", "deepseek_v3"])
 def test_left_padded_batch_equals_rows_alone(name, checkpoints, hf_models):
     model = from_hf(checkpoints[name], "naive")
     generator = torch.Generator().manual_seed(2)

@@ -110,6 +110,35 @@ def test_absorbed_and_expanded_generate_the_same_tokens(name):
     assert generate(model, prompts, GenerationOptions(max_new_tokens=12, use_cache=False)) == expanded
 
 
+@pytest.mark.parametrize("absorb", [False, True])
+def test_rows_of_different_lengths_equal_rows_alone(absorb):
+    model = _model("lora_yarn")
+    set_mla_absorb(model, absorb)
+    prompts = [_tokens(1, n, seed=n)[0].tolist() for n in (3, 9, 6)]
+    options = GenerationOptions(max_new_tokens=10)
+    alone = [generate(model, [prompt], options)[0] for prompt in prompts]
+    assert generate(model, prompts, options) == alone  # right-padded prompt, then per-row kv_lens
+
+
+@pytest.mark.parametrize("absorb", [False, True])
+def test_static_latent_cache_equals_no_cache(absorb):
+    model = _model("plain", torch.float64)
+    set_mla_absorb(model, absorb)
+    idx = _tokens(2, 12, seed=4)
+    with torch.no_grad():
+        expected = model(idx)  # (2, 12, vocab)
+        cache = model.new_cache(2, 16, static=True)  # fixed shapes: the whole buffer read with kv_lens every step
+        pieces = [model(idx[:, :5], cache)] + [model(idx[:, i : i + 1], cache) for i in range(5, 12)]
+    assert _relative_error(torch.cat(pieces, dim=1), expected) <= RTOL[torch.float64]
+
+
+def test_latent_attention_refuses_other_caches():
+    model = _model("plain")
+    grouped = Decoder(DecoderConfig(vocab_size=VOCAB, d_model=32, n_layers=2, num_heads=4, d_ff=16, context_length=8))
+    with pytest.raises(ValueError, match="caches latents \\(LatentLayerCache\\); got a FullLayerCache"):
+        model(_tokens(1, 3), grouped.new_cache(1, 8))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_latent_cache_bytes_per_token(name, dtype):

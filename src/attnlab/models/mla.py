@@ -246,6 +246,10 @@ class LatentAttention(nn.Module):
         """Attend ``x`` (b, t, d_model); ``rope`` the (cos, sin) of the tokens' positions, (b, t, qk_rope_head_dim)."""
         if rope is None:
             raise ValueError("multi-head latent attention needs rotary position embeddings (rope is None)")
+        if cache is not None and not isinstance(cache, LatentLayerCache):
+            raise ValueError(
+                f"multi-head latent attention caches latents (LatentLayerCache); got a {type(cache).__name__}"
+            )
         b, t, _ = x.shape
         h = self.num_heads
         q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))) if self.q_lora else self.q_proj(x)  # (b, t, h * qk)
