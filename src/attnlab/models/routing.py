@@ -14,7 +14,9 @@ A router is a linear map from a token's features to one logit per expert (``weig
   kept and the ``top_k`` best experts among them are chosen. Their weights are their *uncorrected* sigmoid
   scores, divided by their sum when ``normalize_topk`` (plus 1e-20, as DeepSeek does). Computed in float32.
 
-Both multiply the weights by ``routed_scaling``. :meth:`Router.forward` returns ``(weights (n, top_k),
+Both multiply the weights by ``routed_scaling``. The router's parameters take the model's dtype (transformers
+keeps DeepSeek's ``gate.weight`` and correction bias in float32): in half precision, a near-tie between two
+experts may then be broken the other way. :meth:`Router.forward` returns ``(weights (n, top_k),
 experts (n, top_k))`` for ``n`` tokens; the order of the ``top_k`` columns carries no meaning.
 """
 
