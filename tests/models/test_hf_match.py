@@ -95,3 +95,12 @@ def test_mla_absorbed_matches_transformers(name, checkpoints, hf_models):
         expected_tokens = hf_models[name].generate(prompt, max_new_tokens=25, do_sample=False)[0, 7:].tolist()
     assert (got - expected).abs().max() <= RTOL * expected.abs().max()
     assert generate(model, prompt, GenerationOptions(max_new_tokens=25)) == [expected_tokens]
+
+
+def test_tiny_deepseek_v3_has_dense_and_expert_layers(checkpoints):
+    from attnlab.models.mla import LatentAttention
+    from attnlab.models.moe import MoEFeedForward
+
+    model = from_hf(checkpoints["deepseek_v3"], "naive")  # so the tests above cover DeepSeek's experts too
+    assert [isinstance(block.ffn, MoEFeedForward) for block in model.blocks] == [False, True]
+    assert all(isinstance(block.attn, LatentAttention) for block in model.blocks)
