@@ -157,6 +157,8 @@ class LatentAttention(nn.Module):
         self.v_head_dim = mla.v_head_dim
         qk_head_dim = self.nope_dim + self.rope_dim
         h = config.num_heads
+        # Biases (qkv_bias: DeepSeek's attention_bias) only where transformers has them: q_a_proj and kv_a_proj
+        # (and o_proj with out_bias); q_proj, q_b_proj and kv_b_proj never have one.
         if mla.q_lora_rank is None:
             self.q_proj = nn.Linear(config.d_model, h * qk_head_dim, bias=False)
         else:
