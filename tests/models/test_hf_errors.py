@@ -109,3 +109,12 @@ def test_sharded_checkpoint_loads(tmp_path):
     idx = torch.arange(10)[None]
     with torch.no_grad():
         assert torch.equal(from_hf(tmp_path / "sharded", "naive")(idx), from_hf(directory, "naive")(idx))
+
+
+def test_next_token_prediction_layers_are_skipped_only_when_the_config_declares_them(llama_dir):
+    extra = {"model.layers.2.mlp.up_proj.weight": torch.zeros(48, 32)}  # a third layer; the model has two
+    _edit_tensors(llama_dir, lambda t: t.update(extra))
+    with pytest.raises(ValueError, match=r"'model.layers.2.mlp.up_proj.weight' has no place"):
+        from_hf(llama_dir)
+    _edit_config(llama_dir, num_nextn_predict_layers=1)  # DeepSeek-V3's training-only layer after the last
+    assert len(from_hf(llama_dir, "naive").blocks) == 2

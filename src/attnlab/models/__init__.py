@@ -10,6 +10,7 @@ from .config import DecoderConfig, MLAConfig, MoEConfig, RopeConfig
 from .decoder import Decoder
 from .generate import GenerationStats, generate, iter_generate
 from .hf import from_hf, read_config
+from .mla import set_mla_absorb
 
 __all__ = [
     "Decoder",
@@ -23,4 +24,5 @@ __all__ = [
     "generate",
     "iter_generate",
     "read_config",
+    "set_mla_absorb",
 ]

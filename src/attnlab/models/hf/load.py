@@ -10,6 +10,7 @@ parameter must be filled. Only then are the tensors read, one at a time, and cop
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -84,13 +85,23 @@ def open_checkpoint(directory: str | Path) -> Iterator[dict[str, TensorFile]]:
         yield dict.fromkeys(tensors.infos, tensors)
 
 
-def _plan(config: DecoderConfig, shapes: dict[str, tuple[int, ...]], owners: dict[str, TensorFile]) -> list[Any]:
+def _extra_layer(name: str, first: int, count: int) -> bool:
+    """Whether ``name`` belongs to one of ``count`` layers numbered from ``first`` on (``model.layers.{i}.``)."""
+    found = re.match(r"model\.layers\.(\d+)\.", name)
+    return found is not None and first <= int(found.group(1)) < first + count
+
+
+def _plan(
+    config: DecoderConfig, shapes: dict[str, tuple[int, ...]], owners: dict[str, TensorFile], skipped_layers: int = 0
+) -> list[Any]:
     """Match every checkpoint tensor to the parameters it fills and check shapes; ``ValueError`` for a tensor
-    no rule knows, a shape that contradicts the config, or a parameter nothing fills."""
+    no rule knows, a shape that contradicts the config, or a parameter nothing fills. ``skipped_layers``: layers
+    after the last one that the checkpoint carries but the model does not run (DeepSeek-V3's next-token
+    prediction layers, used in training only)."""
     rules = RULES[FAMILY_OF[config.model_type]]
     plan, filled = [], set()
     for name in sorted(owners):
-        if IGNORED.fullmatch(name):
+        if IGNORED.fullmatch(name) or _extra_layer(name, config.n_layers, skipped_layers):
             continue
         found = match(rules, name)
         if found is None or not all(local in shapes for local in found[1]):
@@ -130,6 +141,8 @@ def from_hf(
     """
     directory = Path(directory)
     config = read_config(directory)
+    prediction_layers = read_json_object(directory / CONFIG_FILE).get("num_nextn_predict_layers") or 0
+    skipped_layers = prediction_layers if isinstance(prediction_layers, int) and prediction_layers > 0 else 0
     with torch.device("meta"):
         meta = Decoder(config, attn_impl)  # also refuses an attention backend the architecture cannot use
     estimate = sum(p.numel() for p in meta.parameters()) * torch.empty((), dtype=dtype).element_size()
@@ -139,7 +152,7 @@ def from_hf(
     tied = {"lm_head.weight"} if config.tie_embeddings else set()
     shapes = {name: tuple(p.shape) for name, p in meta.named_parameters() if name not in tied}
     with open_checkpoint(directory) as owners:
-        plan = _plan(config, shapes, owners)
+        plan = _plan(config, shapes, owners, skipped_layers)
         model = Decoder(config, attn_impl).to(device=device, dtype=dtype)
         params = dict(model.named_parameters())
         with torch.no_grad():
