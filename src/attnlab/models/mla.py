@@ -43,7 +43,7 @@ from ..backends import AttentionSpec
 from .attention import CoreAttention, get_backend
 from .cache import AttendFn, CacheStep, LayerCache
 from .norms import RMSNorm
-from .rope import _yarn_mscale, apply_rotary
+from .rope import apply_rotary, yarn_mscale
 
 if TYPE_CHECKING:
     from .config import DecoderConfig
@@ -65,7 +65,7 @@ def mla_softmax_scale(config: DecoderConfig) -> float:
     scale = (mla.qk_nope_head_dim + mla.qk_rope_head_dim) ** -0.5
     rope = config.rope
     if rope is not None and rope.rope_type != "default" and rope.mscale_all_dim:
-        mscale = _yarn_mscale(rope.factor, rope.mscale_all_dim)
+        mscale = yarn_mscale(rope.factor, rope.mscale_all_dim)
         scale = scale * mscale * mscale
     return scale
 

@@ -26,10 +26,11 @@ from torch import nn
 
 from .config import RopeConfig
 
-__all__ = ["RotaryEmbedding", "apply_rotary", "rope_frequencies"]
+__all__ = ["RotaryEmbedding", "apply_rotary", "rope_frequencies", "yarn_mscale"]
 
 
-def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's attention scaling for a context stretched by ``scale``: ``0.1 mscale ln(scale) + 1``."""
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
@@ -56,9 +57,9 @@ def rope_frequencies(config: RopeConfig, rotary_dim: int) -> tuple[torch.Tensor,
     if config.attention_factor is not None:
         attention_factor = config.attention_factor
     elif config.mscale and config.mscale_all_dim:
-        attention_factor = _yarn_mscale(factor, config.mscale) / _yarn_mscale(factor, config.mscale_all_dim)
+        attention_factor = yarn_mscale(factor, config.mscale) / yarn_mscale(factor, config.mscale_all_dim)
     else:
-        attention_factor = _yarn_mscale(factor)
+        attention_factor = yarn_mscale(factor)
 
     def correction_dim(rotations: float) -> float:
         """The dimension whose frequency turns ``rotations`` times over the original context."""
