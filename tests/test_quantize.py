@@ -23,26 +23,28 @@ def _linear_weight_bytes(model: nn.Module) -> int:
     return sum(tensor_bytes(w) for w in weights.values())
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "ch03"])
-def test_int8_logits_close_to_float32(attn_impl):
+@pytest.mark.parametrize(("mode", "attn_impl"), [("int8", "sdpa"), ("int8", "ch03"), ("int8_dynamic", "sdpa")])
+def test_int8_logits_close_to_float32(mode, attn_impl):
     model = _tiny_model(attn_impl)
     idx = torch.randint(0, TINY.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))  # (b, t)
     with torch.no_grad():
         reference = model(idx)  # (b, t, vocab)
-        quantize_weights(model, "int8")
+        quantize_weights(model, mode)
         quantized = model(idx)  # (b, t, vocab)
     error = ((quantized - reference).abs().max() / reference.abs().max()).item()
     # Per-channel int8 rounds each weight by at most half a step, 1/254 of its row's largest |weight|
     # (0.4 %); the errors have random signs, so after the ~5 matmuls in series (qkv, out, two feed-forward
     # layers per block, the head) the logits move by a few tenths of a percent of their largest magnitude
-    # (0.4 % measured). 2 % leaves room for other CPUs' rounding yet fails a wrong scale (a 2x error in a
-    # scale moves the logits by tens of percent) or a transposed or misplaced weight.
+    # (0.4 % measured). int8_dynamic also rounds each token's activations to 1/254 of their largest value,
+    # about doubling that (0.5 to 0.7 % measured over seeds). 2 % leaves room for other CPUs' rounding yet
+    # fails a wrong scale (a 2x error in a scale moves the logits by tens of percent) or a misplaced weight.
     assert error < 2e-2
     assert error > 0  # the weights really were replaced: float32 would give exactly the same logits
 
 
-def test_int8_greedy_generation_runs():
-    model = quantize_weights(_tiny_model(), "int8")
+@pytest.mark.parametrize("mode", ["int8", "int8_dynamic"])
+def test_int8_greedy_generation_runs(mode):
+    model = quantize_weights(_tiny_model(), mode)
     prompt = torch.randint(0, TINY.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))  # (b, t)
     with torch.no_grad():
         out = model.generate(prompt, 6)  # (b, t + 6)
@@ -51,10 +53,11 @@ def test_int8_greedy_generation_runs():
     assert int(out.min()) >= 0 and int(out.max()) < TINY.vocab_size
 
 
-def test_int8_linear_weights_about_four_times_smaller():
+@pytest.mark.parametrize("mode", ["int8", "int8_dynamic"])
+def test_int8_linear_weights_about_four_times_smaller(mode):
     model = _tiny_model()
     before_linear, before_all = _linear_weight_bytes(model), weight_bytes(model)
-    quantize_weights(model, "int8")
+    quantize_weights(model, mode)
     after_linear = _linear_weight_bytes(model)
     # int8 holds 1 byte per weight plus a float32 scale (and an int8 zero point) per output row: the ratio is
     # 4 * in / (in + 5) = 3.71 for in_features 64. Above 4 is impossible for 1-byte weights; under 3.5 means
@@ -76,7 +79,7 @@ def test_weight_bytes_counts_a_tied_weight_once():
 def test_unknown_mode_is_refused_before_any_change():
     model = _tiny_model()
     before = weight_bytes(model)
-    with pytest.raises(ValueError, match=r"unknown quantization mode 'int3'; choose from int8, int4"):
+    with pytest.raises(ValueError, match=r"unknown quantization mode 'int3'; choose from int8, int8_dynamic, int4"):
         quantize_weights(model, "int3")
     assert weight_bytes(model) == before
 
@@ -99,4 +102,4 @@ def test_missing_torchao_names_the_package(monkeypatch):
 
 
 def test_modes_listed():
-    assert MODES == ("int8", "int4")
+    assert MODES == ("int8", "int8_dynamic", "int4")

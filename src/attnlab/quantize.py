@@ -7,6 +7,12 @@ the fly. Activations stay in the model's dtype ("weight-only").
 
 - ``quantize_weights(model, "int8")``: int8 weights, symmetric, one scale per output channel (row), on any
   device (torchao's ``Int8WeightOnlyConfig``).
+- ``quantize_weights(model, "int8_dynamic")``: the same int8 weights, and each token's activations quantized
+  to int8 on the fly (one scale per token), so the matmul itself runs in int8 (``torch._int_mm``; torchao's
+  ``Int8DynamicActivationInt8WeightConfig``). Not weight-only: it adds the activations' rounding error.
+  Why offer it: on a CPU, torchao's weight-only int8 path converts the whole int8 matrix to float on every
+  call (read 1 byte, write and read 4 bytes per weight), so eager decoding gets *slower*; this path reads
+  the int8 matrix once.
 - ``quantize_weights(model, "int4")``: int4 weights in groups of 128 along the input, torchao's tinygemm
   kernel (``Int4WeightOnlyConfig``, tile-packed layout): CUDA and bfloat16 only, in torchao 0.18. Anywhere
   else it is refused with a ``ValueError`` naming the mode and the device (or dtype).
@@ -37,7 +43,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 __all__ = ["INT4_GROUP_SIZE", "MODES", "quantize_weights", "tensor_bytes", "weight_bytes"]
 
 #: The weight-only quantization modes :func:`quantize_weights` knows.
-MODES = ("int8", "int4")
+MODES = ("int8", "int8_dynamic", "int4")
 #: Input features sharing one int4 scale (torchao's default group size).
 INT4_GROUP_SIZE = 128
 #: The tinygemm tile layout packs output rows in groups of 8 and input columns in tiles of 8 x 16.
@@ -108,7 +114,7 @@ def _check_int4(layers: list[tuple[str, nn.Linear]]) -> None:
 
 
 def quantize_weights(model: nn.Module, mode: str, *, layer_filter: LayerFilter | None = None) -> nn.Module:
-    """Quantize the weights of ``model``'s ``nn.Linear`` layers in place (``mode``: "int8" or "int4");
+    """Quantize the weights of ``model``'s ``nn.Linear`` layers in place (``mode``: one of :data:`MODES`);
     returns ``model``.
 
     ``layer_filter(name, module) -> bool`` chooses which linear layers to quantize (default: all). Every
@@ -130,6 +136,8 @@ def quantize_weights(model: nn.Module, mode: str, *, layer_filter: LayerFilter |
         # One symmetric scale per output row ("per channel"). set_inductor_config=False: torchao would
         # otherwise change torch._inductor's global settings as a side effect.
         config = quantization.Int8WeightOnlyConfig(granularity=quantization.PerRow(), set_inductor_config=False)
+    elif mode == "int8_dynamic":  # per-row weights, per-token activations (symmetric), int8 matmul
+        config = quantization.Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
     else:
         config = quantization.Int4WeightOnlyConfig(
             group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d", set_inductor_config=False
