@@ -1,0 +1,95 @@
+"""The decode benchmark end to end on a tiny model (structure and arithmetic only, no timing assertions)."""
+
+import pytest
+import torch
+
+from attnlab.bench.bandwidth import default_bandwidth_bytes, measure_bandwidth
+from attnlab.bench.decode_bytes import mean_step_bytes, step_weight_bytes
+from attnlab.bench.decode_config import DecodeBenchConfig
+from attnlab.bench.decode_run import run_decode_bench
+from attnlab.bench.hf_generate import GenerateReference
+from attnlab.gpt import GPTConfig, GPTModel
+from attnlab.gpt.hf_random import save_random_gpt2
+
+TINY = GPTConfig(vocab_size=96, context_length=64, d_model=32, n_layers=2, n_heads=4, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def result():
+    config = DecodeBenchConfig(
+        model=TINY,
+        impls=("sdpa", "ch03"),
+        quants=("none", "int8"),
+        contexts=(4, 16),
+        new_tokens=3,
+        device="cpu",
+        min_run_time=0.01,
+        bandwidth_bytes=2**20,
+    )
+    progress = []
+    return run_decode_bench(config, on_progress=lambda done, total, text: progress.append((done, total))), progress
+
+
+def test_one_row_per_context_and_target_plus_the_reference(result):
+    result, progress = result
+    keys = [(row.context, row.impl, row.quant) for row in result.rows]
+    targets = [
+        ("transformers generate", "none"),
+        ("sdpa", "none"),
+        ("sdpa", "int8"),
+        ("ch03", "none"),
+        ("ch03", "int8"),
+    ]
+    assert keys == [(context, impl, quant) for context in (4, 16) for impl, quant in targets]
+    assert progress[-1] == (10, 10) and [done for done, _ in progress] == sorted(done for done, _ in progress)
+
+
+def test_rows_are_consistent(result):
+    result, _ = result
+    for row in result.rows:
+        assert row.status == "ok", row.note
+        assert row.tokens_per_s > 0 and row.ms_per_step > 0
+        assert row.tokens_per_s == pytest.approx(1e3 / row.ms_per_step)  # batch 1
+        assert row.step_bytes == pytest.approx(row.weight_bytes + row.kv_bytes)
+        achieved = row.step_bytes / (row.ms_per_step / 1e3)
+        assert row.achieved_gb_per_s == pytest.approx(achieved / 1e9)
+        assert row.bandwidth_fraction == pytest.approx(achieved / (result.header.bandwidth_gb_per_s * 1e9))
+    by_key = {(row.context, row.impl, row.quant): row for row in result.rows}
+    # same checkpoint: float32 logits agree with transformers' to rounding; int8 moves them by ~1 %
+    assert by_key[(4, "sdpa", "none")].logits_error < 1e-5
+    assert 1e-5 < by_key[(4, "sdpa", "int8")].logits_error < 5e-2
+    # int8 weights: fewer bytes per step than float32 ones, the same KV bytes
+    assert by_key[(4, "sdpa", "int8")].weight_bytes < by_key[(4, "sdpa", "none")].weight_bytes / 2
+    assert by_key[(4, "sdpa", "int8")].kv_bytes == by_key[(4, "sdpa", "none")].kv_bytes
+    # attnlab's model and transformers' read the same float32 bytes per step
+    assert by_key[(16, "sdpa", "none")].step_bytes == by_key[(16, "transformers generate", "none")].step_bytes
+
+
+def test_header_names_machine_versions_and_bandwidth(result):
+    header = result[0].header
+    assert header.device == "cpu" and header.dtype == "float32" and header.batch == 1
+    assert set(header.versions) == {"torch", "transformers", "torchao"}
+    assert header.bandwidth_gb_per_s == max(header.bandwidth_samples_gb_per_s) > 0
+    assert header.bandwidth_probe_bytes == 2**20
+
+
+def test_reference_kv_bytes_and_weights_match_its_tensors(tmp_path):
+    save_random_gpt2(TINY, tmp_path, seed=0)
+    reference = GenerateReference(tmp_path, torch.device("cpu"), torch.float32)
+    prompt = torch.randint(0, TINY.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))  # (b, t)
+    with torch.no_grad():
+        cache = reference.module(prompt, use_cache=True).past_key_values
+    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert reference.kv_bytes(batch=2, length=9) == held
+    # the same checkpoint in attnlab: the same weights read per step, the same KV bytes
+    ours = GPTModel.from_hf(tmp_path, attn_impl="sdpa")
+    assert step_weight_bytes(ours, 1) == step_weight_bytes(reference.module, 1)
+    assert mean_step_bytes(0, lambda n: reference.kv_bytes(1, n), 9, 2) == reference.kv_bytes(1, 11) - (
+        reference.kv_bytes(1, 1) / 2
+    )
+
+
+def test_bandwidth_probe():
+    sample = measure_bandwidth(torch.device("cpu"), num_bytes=2**20, min_run_time=0.01)
+    assert sample.num_bytes == 2**20 and sample.gb_per_s > 0
+    assert 256 * 2**20 <= default_bandwidth_bytes(torch.device("cpu")) <= 2 * 2**30
