@@ -91,3 +91,27 @@ def test_bandwidth_probe():
     sample = measure_bandwidth(torch.device("cpu"), num_bytes=2**20, min_run_time=0.01)
     assert sample.num_bytes == 2**20 and sample.gb_per_s > 0
     assert 256 * 2**20 <= default_bandwidth_bytes(torch.device("cpu")) <= 2 * 2**30
+
+
+def test_the_decoder_runs_through_the_same_bench():
+    config = DecodeBenchConfig(
+        model=TINY,
+        quants=("none", "int8"),
+        contexts=(4,),
+        new_tokens=2,
+        device="cpu",
+        min_run_time=0.01,
+        bandwidth_bytes=2**20,
+        reference=False,
+        decoder=True,
+    )
+    result = run_decode_bench(config)
+    assert result.header.model_class == "attnlab.models.Decoder"
+    assert [(row.impl, row.quant, row.status) for row in result.rows] == [
+        ("sdpa", "none", "ok"),
+        ("sdpa", "int8", "ok"),
+    ]
+    float_row, int8_row = result.rows
+    assert float_row.logits_error == 0  # the first row is the reference without transformers
+    assert 1e-5 < int8_row.logits_error < 5e-2
+    assert int8_row.weight_bytes < float_row.weight_bytes / 2 and int8_row.kv_bytes == float_row.kv_bytes

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..devices import resolve_device
 from ..memory_guard import RUNTIME_OVERHEAD, require_memory
 from ..quantize import MODES
-from ..registry import check_selection, get_implementation
+from ..registry import check_selection, get_backend, get_implementation
 from ..validate import check_positive_int, check_seed
 from .bandwidth import default_bandwidth_bytes
 from .config import DTYPES
@@ -44,7 +44,11 @@ def _check_names(what: str, values: tuple, allowed: tuple[str, ...] | None = Non
 @dataclass(frozen=True)
 class DecodeBenchConfig:
     """Decode ``new_tokens`` greedy tokens after ``context`` prompt tokens, for each context in ``contexts``,
-    with ``model`` on each implementation in ``impls`` and each weight format in ``quants``."""
+    with ``model`` on each implementation in ``impls`` and each weight format in ``quants``.
+
+    ``decoder``: run :class:`attnlab.models.Decoder` (loaded from the same checkpoint) instead of
+    :class:`attnlab.gpt.GPTModel`; ``impls`` then name attention backends (``attnlab.backends.BACKENDS``).
+    ``compile`` (Decoder only): static cache and a ``torch.compile``'d decode step."""
 
     model: GPTConfig
     impls: tuple[str, ...] = ("sdpa",)
@@ -58,14 +62,26 @@ class DecodeBenchConfig:
     seed: int = 0
     reference: bool = True  # also time transformers' generate on the same checkpoint
     bandwidth_bytes: int | None = None  # size of the bandwidth probe (None: .bandwidth.default_bandwidth_bytes)
+    decoder: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        check_selection(self.impls)
-        if self.impls is None:
-            raise ValueError("impls must name the implementations to decode with, e.g. ('sdpa',)")
-        for name in self.impls:
-            if not get_implementation(name).supports_kv_cache():
-                raise ValueError(f"implementation {name!r} has no KV-cache path; a decode benchmark needs one")
+        for name in ("decoder", "compile", "reference"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.compile and not self.decoder:
+            raise ValueError("compile needs decoder=True (CLI: --decoder): GPTModel's cache changes shape every step")
+        if self.impls is None or not isinstance(self.impls, tuple):
+            raise ValueError(f"impls must be a tuple of names to decode with, e.g. ('sdpa',), got {self.impls!r}")
+        if self.decoder:
+            _check_names("impls", self.impls)
+            for name in self.impls:
+                get_backend(name)  # unknown names: ValueError listing the valid ones
+        else:
+            check_selection(self.impls)
+            for name in self.impls:
+                if not get_implementation(name).supports_kv_cache():
+                    raise ValueError(f"implementation {name!r} has no KV-cache path; a decode benchmark needs one")
         _check_names("quants", self.quants, QUANT_MODES)
         _check_names("contexts", self.contexts)
         for name in ("new_tokens", "batch"):
@@ -83,8 +99,6 @@ class DecodeBenchConfig:
         check_seed(self.seed)
         if self.bandwidth_bytes is not None:
             check_positive_int("bandwidth_bytes", self.bandwidth_bytes)
-        if not isinstance(self.reference, bool):
-            raise ValueError(f"reference must be True or False, got {self.reference!r}")
         device = resolve_device(self.device)  # absent or unknown device: ValueError
         if "int4" in self.quants and (device.type != "cuda" or self.dtype != "bfloat16"):
             raise ValueError(
@@ -95,11 +109,16 @@ class DecodeBenchConfig:
     def require_packages(self) -> None:
         """Raise ``ValueError`` naming the package when one the run needs is not installed: torchao to
         quantize, transformers for the reference row (checked before any work, not halfway through)."""
-        needed = {"torchao": any(quant != "none" for quant in self.quants), "transformers": self.reference}
+        needed = {"torchao": any(quant != "none" for quant in self.quants), "transformers": self.needs_checkpoint}
         for package, wanted in needed.items():
             if wanted and importlib.util.find_spec(package) is None:
-                what = "quantizing weights (quants other than none)" if package == "torchao" else "the reference row"
+                what = "quantizing weights (quants other than none)" if package == "torchao" else "the checkpoint"
                 raise ValueError(f"{what} needs the package {package!r}: pip install {package}")
+
+    @property
+    def needs_checkpoint(self) -> bool:
+        """Whether the run writes a transformers checkpoint: for the reference row, and to load the Decoder."""
+        return self.reference or self.decoder
 
     @property
     def probe_bytes(self) -> int:

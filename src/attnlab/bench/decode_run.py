@@ -1,9 +1,11 @@
 """One decode benchmark run from a :class:`.decode_config.DecodeBenchConfig`: checkpoint, models, bandwidth, rows.
 
-1. With ``reference``: a random checkpoint of the model's shape, written by transformers into a temporary
+1. With ``reference`` or ``decoder``: a random checkpoint of the model's shape, written by transformers into a temporary
    directory (:func:`attnlab.gpt.hf_random.save_random_gpt2`); every attnlab model and transformers' model
    load it, so all rows run the same weights. Without: one set of random attnlab weights.
-2. One model per (implementation, weight format), quantized with :func:`attnlab.quantize.quantize_weights`.
+2. One model per (implementation, weight format), quantized with :func:`attnlab.quantize.quantize_weights`:
+   :class:`attnlab.gpt.GPTModel`, or with ``decoder`` :class:`attnlab.models.Decoder` (both read GPT-2
+   checkpoints), each wrapped as a :class:`.decode.DecodeTarget` -- all the bench needs of a model.
 3. The memory bandwidth (:func:`.bandwidth.measure_bandwidth`) before and after the rows; the fractions
    use the larger of the two, so a fraction is never flattered by a slow bandwidth sample.
 4. The rows (:func:`.decode.benchmark_decode`), context lengths in the outer loop so that every target is
@@ -22,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..gpt import GPTModel
 from ..gpt.decode_target import GPTDecodeTarget
 from ..gpt.hf_random import save_random_gpt2
 from ..gpt.state import export_state, load_state
+from ..models import from_hf
+from ..models.decode_target import DecoderDecodeTarget
 from ..quantize import quantize_weights
 from .bandwidth import measure_bandwidth
 from .decode import DecodeRow, DecodeTarget, ProgressCallback, benchmark_decode, with_bandwidth
@@ -43,6 +48,7 @@ class DecodeHeader:
     """The machine, versions, method and measured bandwidth: what a reader needs to trust the rows."""
 
     model: dict[str, Any]
+    model_class: str  # attnlab.gpt.GPTModel or attnlab.models.Decoder
     device: str
     device_name: str
     dtype: str
@@ -97,19 +103,41 @@ def _gpt_models(config: DecodeBenchConfig, checkpoint: Path | None) -> list[tupl
     return models
 
 
+def _decoder_models(config: DecodeBenchConfig, checkpoint: Path) -> list[tuple[str, str, nn.Module]]:
+    """One :class:`attnlab.models.Decoder` per (attention backend, weight format), loaded from ``checkpoint``."""
+    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
+    models = []
+    for impl in config.impls:
+        for quant in config.quants:
+            model = from_hf(checkpoint, attn_impl=impl, dtype=dtype, device=device)
+            if quant != "none":
+                quantize_weights(model, quant)
+            models.append((impl, quant, model))
+    return models
+
+
+def _targets(config: DecodeBenchConfig, checkpoint: Path | None) -> list[tuple[str, str, DecodeTarget]]:
+    max_tokens = max(config.contexts) + config.new_tokens
+    if not config.decoder:
+        return [
+            (impl, quant, GPTDecodeTarget(model, max_tokens)) for impl, quant, model in _gpt_models(config, checkpoint)
+        ]
+    label = " (compiled)" if config.compile else ""
+    return [
+        (impl + label, quant, DecoderDecodeTarget(model, max_tokens, compile=config.compile))
+        for impl, quant, model in _decoder_models(config, checkpoint)
+    ]
+
+
 def run_decode_bench(config: DecodeBenchConfig, on_progress: ProgressCallback | None = None) -> DecodeResult:
     """Measure ``config``'s rows (see the module docstring); the config was validated when built."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     load_before = os.getloadavg()[0]
-    max_tokens = max(config.contexts) + config.new_tokens
     with tempfile.TemporaryDirectory(prefix="attnlab-decode-") as directory:
-        checkpoint = save_random_gpt2(config.model, directory, seed=config.seed) if config.reference else None
-        models = _gpt_models(config, checkpoint)
-        reference = GenerateReference(checkpoint, device, resolve_dtype(config.dtype)) if checkpoint else None
-    targets: list[tuple[str, str, DecodeTarget]] = [
-        (impl, quant, GPTDecodeTarget(model, max_tokens)) for impl, quant, model in models
-    ]
+        checkpoint = save_random_gpt2(config.model, directory, seed=config.seed) if config.needs_checkpoint else None
+        targets = _targets(config, checkpoint)
+        reference = GenerateReference(checkpoint, device, resolve_dtype(config.dtype)) if config.reference else None
     before = measure_bandwidth(device, num_bytes=config.probe_bytes, min_run_time=config.min_run_time)
     rows = benchmark_decode(
         targets,
@@ -128,6 +156,7 @@ def run_decode_bench(config: DecodeBenchConfig, on_progress: ProgressCallback | 
     rows = with_bandwidth(rows, best)
     header = DecodeHeader(
         model=config.model.to_dict(),
+        model_class="attnlab.models.Decoder" if config.decoder else "attnlab.gpt.GPTModel",
         device=str(device),
         device_name=describe_device(device),
         dtype=config.dtype,

@@ -36,6 +36,7 @@ examples:
   attnlab bench --impl flash_torch,sdpa_mask --seq 4096 --heads 8 --kv-heads 2 --window 256 --mode forward
   attnlab bench --model gpt2 --impl sdpa,ch03,wrapper --prompt-len 128 --new-tokens 32
   attnlab bench --model gpt2 --decode --impl sdpa --quant none,int8 --context 128,512,1000
+  attnlab bench --model gpt2 --decode --decoder --compile --impl sdpa,flash_torch --quant none,int8_dynamic
 
 presets: """ + "; ".join(
     f"{name}: batch {p.batch}, {p.seq_len} tokens, d_model {p.d_model}, {p.num_heads} heads ({p.description})"
@@ -79,7 +80,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=(*MODES, "both"),
         help="forward (no autograd), backward (forward + backward of a scalar loss), or both (default)",
     )
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile'd modules (with --decode --decoder: compile the decode step)",
+    )
     parser.add_argument("--sweep", type=_sweep, help="vary one size: KEY=v1,v2,... (batch, seq, d-model, heads)")
     parser.add_argument(
         "--seed",
@@ -129,6 +134,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"prompt lengths to decode after (default: {','.join(map(str, decoding.contexts))})",
     )
     decode.add_argument("--no-reference", action="store_true", help="skip the transformers generate row")
+    decode.add_argument(
+        "--decoder",
+        action="store_true",
+        help="decode with attnlab.models.Decoder (same checkpoint) instead of attnlab.gpt.GPTModel; --impl then "
+        "names attention backends, and --compile compiles its decode step on a static cache",
+    )
     parser.set_defaults(func=run)
 
 
@@ -207,13 +218,13 @@ def _progress(console: Console) -> Progress | _LineProgress:
     )
 
 
-def _refuse_layer_options(args: argparse.Namespace, hint: str) -> None:
-    """``ValueError`` naming the per-layer options given, which do not apply to a whole-model run."""
+def _refuse_layer_options(args: argparse.Namespace, hint: str, allowed: tuple[str, ...] = ()) -> None:
+    """``ValueError`` naming the per-layer options given (but ``allowed``): they do not apply to a whole-model run."""
     layer_only = {"--preset": args.preset, "--sweep": args.sweep, "--seq": args.seq_len, "--heads": args.num_heads}
     layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None, "--no-memory": args.no_memory or None}
     layer_only |= {"--kv-heads": args.kv_heads, "--window": args.window, "--softcap": args.softcap}
     layer_only |= {"--sinks": args.sinks or None, "--packed-len": args.packed_len, "--mode": args.mode}
-    given = [flag for flag, value in layer_only.items() if value is not None]
+    given = [flag for flag, value in layer_only.items() if value is not None and flag not in allowed]
     if given:
         verb = "does" if len(given) == 1 else "do"
         raise ValueError(f"{', '.join(given)} {verb} not apply with --model (use {hint})")
@@ -221,6 +232,7 @@ def _refuse_layer_options(args: argparse.Namespace, hint: str) -> None:
 
 def _refuse_decode_options(args: argparse.Namespace, where: str) -> None:
     decode_only = {"--quant": args.quant, "--context": args.context, "--no-reference": args.no_reference or None}
+    decode_only |= {"--decoder": args.decoder or None}
     if given := [flag for flag, value in decode_only.items() if value is not None]:
         raise ValueError(f"{', '.join(given)} only apply with --decode{where}")
 
@@ -251,7 +263,7 @@ def model_config_from_args(args: argparse.Namespace) -> ModelBenchConfig:
 
 def decode_config_from_args(args: argparse.Namespace) -> DecodeBenchConfig:
     """The validated decode run the options describe (defaults from :class:`DecodeBenchConfig`)."""
-    _refuse_layer_options(args, "--context, --new-tokens, --quant, --layers")
+    _refuse_layer_options(args, "--context, --new-tokens, --quant, --layers", allowed=("--compile",))
     if args.prompt_len is not None:
         raise ValueError(
             "--prompt-len does not apply with --decode (use --context: the prompt lengths to decode after)"
@@ -268,6 +280,8 @@ def decode_config_from_args(args: argparse.Namespace) -> DecodeBenchConfig:
         dtype=args.dtype,
         seed=args.seed,
         reference=not args.no_reference,
+        decoder=args.decoder,
+        compile=args.compile,
         **{name: value for name, value in options.items() if value is not None},
     )
 
@@ -292,8 +306,8 @@ def run_decode(args: argparse.Namespace) -> int:
     header = result.header
     layers = f", {config.model.n_layers} layers" if args.layers is not None else ""
     title = (
-        f"{args.model}{layers}: decode {config.new_tokens} tokens after each context, batch {config.batch}, "
-        f"{config.dtype}"
+        f"{args.model}{layers} ({header.model_class}): decode {config.new_tokens} tokens after each context, "
+        f"batch {config.batch}, {config.dtype}"
     )
     console.print(decode_table(result.rows, title=title))
     versions = ", ".join(f"{name} {version}" for name, version in header.versions.items())
