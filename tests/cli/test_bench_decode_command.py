@@ -34,6 +34,9 @@ DECODE = ["--model", "gpt2", "--decode", "--device", "cpu"]
         (["--model", "gpt2", "--quant", "int8"], "--quant only apply with --decode"),
         (["--context", "8"], "--context only apply with --decode --model"),
         (["--decode"], "--decode only apply with --model"),
+        ([*DECODE, "--compile"], "compile needs decoder=True (CLI: --decoder)"),
+        ([*DECODE, "--decoder", "--impl", "ch03"], "unknown attention backend 'ch03'"),
+        (["--model", "gpt2", "--decoder"], "--decoder only apply with --decode"),
     ],
 )
 def test_bad_options_end_in_one_line(capsys, argv, message):
