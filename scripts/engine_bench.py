@@ -55,8 +55,11 @@ def main() -> None:
     options = GenerationOptions(max_new_tokens=args.new_tokens)
     rows, outputs = [], {}
     for max_batch in track([args.requests, 1], description="engine runs", transient=True):
+
         def run(max_batch: int = max_batch) -> None:
-            outputs[max_batch] = Engine(model, block_size=args.block_size, max_batch=max_batch).generate(prompts, options)
+            outputs[max_batch] = Engine(model, block_size=args.block_size, max_batch=max_batch).generate(
+                prompts, options
+            )
 
         seconds = benchmark.Timer("run()", globals={"run": run}).timeit(1).median
         rows.append((max_batch, seconds, args.requests * args.new_tokens / seconds))
@@ -79,7 +82,9 @@ def main() -> None:
         table.add_row(str(max_batch), f"{seconds:.2f}", f"{rate:.1f}")
     console = Console()
     console.print(table)
-    console.print(f"throughput ratio (batched / one by one): {rows[0][2] / rows[1][2]:.2f}x  (cpu count {os.cpu_count()})")
+    console.print(
+        f"throughput ratio (batched / one by one): {rows[0][2] / rows[1][2]:.2f}x  (cpu count {os.cpu_count()})"
+    )
 
 
 if __name__ == "__main__":

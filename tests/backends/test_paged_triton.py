@@ -59,9 +59,13 @@ CUDA = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason
 @CUDA
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("t_q", [1, 4])
-def test_cuda_ragged_batch(t_q, dtype):
+@pytest.mark.parametrize("num_splits", [1, 7, None])
+def test_cuda_ragged_batch(num_splits, t_q, dtype):
     inputs = make_paged_inputs([1, 300, 2000, 777], 32, t_q, 128, 16, h_kv=8, dtype=dtype, seed=t_q)
     for name in ("q", "k", "v", "key_pages", "value_pages", "block_table", "kv_lens"):
         setattr(inputs, name, getattr(inputs, name).cuda())
     options = {"window": 500, "softcap": 30.0, "sinks": torch.randn(32, device="cuda")}
-    assert_paged_matches_reference(paged_triton_attention, inputs, **options)
+    with torch.no_grad():
+        assert_paged_matches_reference(
+            lambda *args: paged_triton_attention(*args, num_splits=num_splits), inputs, **options
+        )

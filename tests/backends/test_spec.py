@@ -172,8 +172,8 @@ def test_undeclared_features_are_refused_by_name(name, feature):
 
 
 def test_unknown_feature_name():
-    with pytest.raises(ValueError, match="unknown attention feature 'paged'"):
-        backends_with("paged")
+    with pytest.raises(ValueError, match="unknown attention feature 'telepathy'"):
+        backends_with("telepathy")
 
 
 def test_unknown_tuning_keywords_are_refused_by_name():

@@ -37,6 +37,24 @@ TINY: dict[str, dict] = {
     "qwen3": dict(head_dim=16),
     "gemma2": dict(head_dim=16, sliding_window=6, query_pre_attn_scalar=16),
     "gemma3_text": dict(head_dim=8, sliding_window=5, num_hidden_layers=3, query_pre_attn_scalar=8),
+    # 4 experts, top-2; YaRN over an original context of 16 (the tests run past it; factor 6 = 96 / 16, the
+    # ratio transformers expects); a clamp low enough that the experts' activations reach it.
+    "gpt_oss": dict(
+        head_dim=8,
+        sliding_window=5,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        swiglu_limit=0.5,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 6.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 16,
+        },
+    ),
 }
 MODEL_TYPE = {"llama3_scaled": "llama"}
 
@@ -59,8 +77,10 @@ def save_tiny(name: str, directory: Path, seed: int = 0, **overrides) -> Path:
         model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # random norms and biases too, so that every parameter matters
         for param_name, param in model.named_parameters():
-            if "norm" in param_name or "ln_" in param_name or param_name.endswith("bias"):
+            if "norm" in param_name or "ln_" in param_name or param_name.endswith(("bias", "sinks")):
                 param.normal_(0.0, 0.3)
+            elif "experts" in param_name or "router" in param_name:
+                param.normal_(0.0, 0.2)  # experts and routers that matter next to the random biases
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     model.save_pretrained(directory)

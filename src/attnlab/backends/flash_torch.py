@@ -331,7 +331,7 @@ class _Layout:
     scale: float
     acc_dtype: torch.dtype
     in_dtype: torch.dtype
-    plans: tuple[TilePlan, ...]  # one for every batch row, or one per batch row (kv_lens)
+    plans: tuple[TilePlan, ...]  # one shared by every batch row, or one per batch row (kv_lens)
     scores: tuple[_Scores, ...]  # the same: the score options (masks, ALiBi positions) of each plan
 
     @property

@@ -1,20 +1,26 @@
 """Paged attention kernel: decoding queries read their keys and values through a block table.
 
 The algorithm and names of :mod:`attnlab.backends.paged_torch` (its module docstring explains the layout
-and the semantics), one program per (batch row, key/value head, block of packed query rows): grid
-``(b * h_kv, cdiv(group * t_q, BLOCK_M))``. The rows of the program's tile are the packed queries of the
+and the semantics), one program per (batch row, key/value head, split of its pages, block of packed query rows): grid
+``(b * h_kv, num_splits, cdiv(group * t_q, BLOCK_M))``. The rows of the program's tile are the packed queries of the
 head's whole group (row ``g * t_q + i``: query ``i`` of the group's head ``g``), so each page is loaded
 once for all of them. One key tile is one page (``BLOCK_N = block_size``): logical block ``n`` of the row is
 the physical page ``BlockTable[row, n]``, whose keys sit at positions ``n * block_size + offs_n``.
 
 Row ``r`` has ``KvLens[r]`` keys and its query ``i`` sits at ``p = KvLens[r] - t_q + i`` (bottom-right per
 row), so the rows' intervals of keys (:func:`.tiles.key_bounds` with ``t_k = KvLens[r]``) are known only in
-the kernel. The program loops over the pages between the first key some row sees and the last, in the
+the kernel. The program loops over the pages between the first key some row sees and the last (within its split), in the
 phases of :func:`.flash_fwd.flash_fwd_kernel`: ``masked`` pages cut by some row's lower bound, ``unmasked``
 pages inside every row's interval (no mask), ``masked`` pages cut by an upper bound or the row's length. In a
 masked page the keys and values past the row's length are not loaded (they may be unwritten slots).
 Scores are in base 2 (:mod:`.scores`), the lse stored is natural, ``-inf`` for rows that see no key; a sink
 joins the denominator at the end. Forward only.
+
+**Splits** (``SPLIT``, flash-decoding as in :mod:`.flash_decode`): with grid ``(b * h_kv, num_splits, row
+blocks)``, split ``s`` reads only the row's logical blocks ``[s * pages_per_split, (s + 1) * pages_per_split)``
+and writes a partial output (normalised by its own sum) and its lse; :func:`.flash_decode.flash_decode_reduce_kernel`
+merges them on the lse and joins the sink. Without ``SPLIT`` the grid's split axis has one entry and the
+program writes the output itself.
 """
 
 from __future__ import annotations
@@ -33,18 +39,19 @@ BIG: tl.constexpr = tl.constexpr(2**30)  # above any key position (kv_lens fit i
 
 @triton.jit
 def paged_decode_kernel(
-    Q, KeyPages, ValuePages, BlockTable, KvLens, Out, Lse, Sinks, AlibiSlopes,
+    Q, KeyPages, ValuePages, BlockTable, KvLens, Out, Lse, Sinks, AlibiSlopes, PartialOut, PartialLse,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kp, stride_kh, stride_kn, stride_kd,
     stride_vp, stride_vh, stride_vn, stride_vd,
     stride_tb, stride_tn,
     stride_ob, stride_oh, stride_om, stride_od,
-    h_kv, t_q, num_rows, sm_scale, softcap, window,
+    h_kv, t_q, num_rows, sm_scale, softcap, window, pages_per_split, num_splits,
     CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr,
     SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,
     SINKS: tl.constexpr,
+    SPLIT: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -54,7 +61,8 @@ def paged_decode_kernel(
 ):  # fmt: skip
     off_bkv = tl.program_id(0).to(tl.int64)  # (batch row, key/value head)
     off_b, off_kv = off_bkv // h_kv, off_bkv % h_kv
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) packed rows g * t_q + i
+    split = tl.program_id(1)  # this program's share of the row's pages (0 when not SPLIT)
+    rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) packed rows g * t_q + i
     row_ok = rows < num_rows
     query = rows % t_q  # (BLOCK_M,) the row's query i
     head = off_kv * GROUP + rows // t_q  # (BLOCK_M,) the row's query head
@@ -81,6 +89,9 @@ def paged_decode_kernel(
     inner_hi = tl.min(tl.where(row_ok, k_hi, BIG), 0)
     n_start = tl.minimum(first, last + 1) // BLOCK_N
     n_end = tl.maximum(tl.cdiv(last + 1, BLOCK_N), n_start)
+    split_start = split * pages_per_split  # this split's pages: [split_start, split_start + pages_per_split)
+    n_start = tl.minimum(tl.maximum(n_start, split_start), split_start + pages_per_split)
+    n_end = tl.minimum(tl.maximum(n_end, n_start), split_start + pages_per_split)
     unmasked_start = tl.minimum(tl.maximum(tl.cdiv(inner_lo, BLOCK_N), n_start), n_end)
     unmasked_end = tl.minimum(tl.maximum((inner_hi + 1) // BLOCK_N, unmasked_start), n_end)
 
@@ -126,16 +137,25 @@ def paged_decode_kernel(
                 acc = tl.dot(probs.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
                 m_i = m_new
 
-    has_key = l_i > 0.0  # (BLOCK_M,) False only for rows that see no key
+    has_key = l_i > 0.0  # (BLOCK_M,) False only for rows that see no key (in this split)
     l_safe = tl.where(has_key, l_i, 1.0)
-    denominator = l_safe
-    if SINKS:  # the sink's logit joins the denominator and adds no value (m_i is finite where has_key)
-        sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * LOG2E
-        denominator = tl.where(has_key, l_i + tl.math.exp2(sink - m_i), 1.0)
-    out = acc / denominator[:, None]  # (BLOCK_M, BLOCK_D), zeros where no key
-    out_ptrs = (
-        Out + off_b * stride_ob + head[:, None] * stride_oh + query[:, None] * stride_om + offs_d[None, :] * stride_od
-    )
-    tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # (BLOCK_M,) natural log
-    tl.store(Lse + (off_b * h_kv * GROUP + head) * t_q + query, lse, mask=row_ok)
+    if SPLIT:  # flash-decoding: this split's output, normalised by its own sum, and its natural lse
+        partial_out = acc / l_safe[:, None]  # (BLOCK_M, BLOCK_D), zeros where no key
+        partial_lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # (BLOCK_M,)
+        base = off_bkv * num_splits + split  # PartialOut (b*h_kv, S, R, d), PartialLse (b*h_kv, S, R), contiguous
+        o_ptrs = PartialOut + (base * num_rows + rows[:, None]) * HEAD_DIM + offs_d[None, :]
+        tl.store(o_ptrs, partial_out, mask=row_ok[:, None] & d_ok[None, :])
+        tl.store(PartialLse + base * num_rows + rows, partial_lse, mask=row_ok)
+    else:
+        denominator = l_safe
+        if SINKS:  # the sink's logit joins the denominator and adds no value (m_i is finite where has_key)
+            sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * LOG2E
+            denominator = tl.where(has_key, l_i + tl.math.exp2(sink - m_i), 1.0)
+        out = acc / denominator[:, None]  # (BLOCK_M, BLOCK_D), zeros where no key
+        out_ptrs = (
+            Out + off_b * stride_ob + head[:, None] * stride_oh + query[:, None] * stride_om
+            + offs_d[None, :] * stride_od
+        )  # fmt: skip
+        tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # (BLOCK_M,) natural log
+        tl.store(Lse + (off_b * h_kv * GROUP + head) * t_q + query, lse, mask=row_ok)

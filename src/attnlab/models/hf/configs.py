@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..config import DecoderConfig, RopeConfig
+from ..config import DecoderConfig, MoEConfig, RopeConfig
 from .reader import ConfigReader
 
 __all__ = ["CONVERTERS", "config_from_hf", "read_rope", "read_windows", "register_converter"]
@@ -225,6 +225,59 @@ def _gpt2(reader: ConfigReader) -> DecoderConfig:
         out_bias=True,
         tie_embeddings=reader.bool("tie_word_embeddings", True),
         model_type="gpt2",
+    )
+
+
+@register_converter("gpt_oss")
+def _gpt_oss(reader: ConfigReader) -> DecoderConfig:
+    """gpt-oss: a mixture of experts (softmax over the top-k router logits, gpt-oss's clamped SwiGLU experts
+    with biases), attention with biases and sinks, sliding and full layers alternating, YaRN rotary positions.
+
+    The released checkpoints store the experts in MXFP4 (``quantization_config``); attnlab refuses them by name
+    and runs plain floating-point checkpoints (such as a dequantized copy)."""
+    quantization = reader.raw("quantization_config")
+    if quantization is not None:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
+        raise ValueError(
+            f"quantization_config (quant_method {method!r}; gpt-oss ships its experts in MXFP4) is not supported by "
+            "attnlab: use a checkpoint saved in plain floating point (dequantized)"
+        )
+    common = _common(reader)
+    if not reader.has("rms_norm_eps"):
+        common["norm_eps"] = 1e-5  # gpt-oss's default
+    reader.require("hidden_act", ("silu",), "silu")  # named in the config; the experts use their own SwiGLU variant
+    bias = reader.bool("attention_bias", True)
+    windows = read_windows(reader, common["n_layers"], lambda layer: layer % 2 == 0)  # default: sliding, full, ...
+    if reader.has("rope_parameters") or reader.has("rope_scaling"):
+        rope = read_rope(reader)
+    else:  # gpt-oss's default rotary positions
+        rope = RopeConfig(
+            theta=reader.float("rope_theta", 150000.0),
+            rope_type="yarn",
+            factor=32.0,
+            original_context_length=4096,
+            truncate=False,
+        )
+    moe = MoEConfig(
+        num_experts=reader.int("num_local_experts", 128),
+        top_k=reader.int("num_experts_per_tok", 4),
+        d_expert=common["d_ff"],
+        router="softmax_topk",
+        expert_bias=True,
+        swiglu_alpha=reader.float("swiglu_alpha", 1.702),
+        swiglu_limit=reader.float("swiglu_limit", 7.0),
+    )
+    return DecoderConfig(
+        **common,
+        norm="rmsnorm",
+        ffn="moe",
+        moe=moe,
+        rope=rope,
+        qkv_bias=bias,
+        out_bias=bias,
+        sinks=True,
+        layer_windows=windows,
+        model_type="gpt_oss",
     )
 
 
