@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from ..bench import PRESETS, AttentionVariant, BenchConfig, Sweep, default_preset, resolve_device, run_benchmark
 from ..bench.config import DEVICES, DTYPES, MODES
+from ..bench.decode_config import QUANT_MODES, DecodeBenchConfig
 from ..bench.devices import describe_device, resolve_dtype
 from ..bench.model_config import ModelBenchConfig
 from ..bench.report import check_results_dir, results_notes, results_table, write_results
@@ -34,6 +35,8 @@ examples:
   attnlab bench --device cuda --dtype bfloat16 --preset long --compile
   attnlab bench --impl flash_torch,sdpa_mask --seq 4096 --heads 8 --kv-heads 2 --window 256 --mode forward
   attnlab bench --model gpt2 --impl sdpa,ch03,wrapper --prompt-len 128 --new-tokens 32
+  attnlab bench --model gpt2 --decode --impl sdpa --quant none,int8 --context 128,512,1000
+  attnlab bench --model gpt2 --decode --decoder --compile --impl sdpa,flash_torch --quant none,int8_dynamic
 
 presets: """ + "; ".join(
     f"{name}: batch {p.batch}, {p.seq_len} tokens, d_model {p.d_model}, {p.num_heads} heads ({p.description})"
@@ -77,7 +80,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=(*MODES, "both"),
         help="forward (no autograd), backward (forward + backward of a scalar loss), or both (default)",
     )
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile'd modules (with --decode --decoder: compile the decode step)",
+    )
     parser.add_argument("--sweep", type=_sweep, help="vary one size: KEY=v1,v2,... (batch, seq, d-model, heads)")
     parser.add_argument(
         "--seed",
@@ -107,6 +114,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     defaults = ModelBenchConfig  # its field defaults, read as class attributes
     model.add_argument("--prompt-len", type=int, help=f"with --model: prompt tokens (default: {defaults.prompt_len})")
     model.add_argument("--new-tokens", type=int, help=f"with --model: decoded tokens (default: {defaults.new_tokens})")
+    decode = parser.add_argument_group(
+        "decode benchmark (with --model --decode: tokens/s and the share of the measured memory bandwidth)"
+    )
+    decode.add_argument(
+        "--decode",
+        action="store_true",
+        help="time decode steps against a KV cache of each --context length, next to transformers' generate",
+    )
+    decoding = DecodeBenchConfig  # its field defaults, read as class attributes
+    decode.add_argument(
+        "--quant",
+        type=comma_list,
+        help=f"weight formats to compare, from {', '.join(QUANT_MODES)} (default: {','.join(decoding.quants)})",
+    )
+    decode.add_argument(
+        "--context",
+        type=comma_list,
+        help=f"prompt lengths to decode after (default: {','.join(map(str, decoding.contexts))})",
+    )
+    decode.add_argument("--no-reference", action="store_true", help="skip the transformers generate row")
+    decode.add_argument(
+        "--decoder",
+        action="store_true",
+        help="decode with attnlab.models.Decoder (same checkpoint) instead of attnlab.gpt.GPTModel; --impl then "
+        "names attention backends, and --compile compiles its decode step on a static cache",
+    )
     parser.set_defaults(func=run)
 
 
@@ -185,16 +218,37 @@ def _progress(console: Console) -> Progress | _LineProgress:
     )
 
 
-def model_config_from_args(args: argparse.Namespace) -> ModelBenchConfig:
-    """The validated whole-model run the options describe (defaults from :class:`ModelBenchConfig`)."""
+def _refuse_layer_options(args: argparse.Namespace, hint: str, allowed: tuple[str, ...] = ()) -> None:
+    """``ValueError`` naming the per-layer options given (but ``allowed``): they do not apply to a whole-model run."""
     layer_only = {"--preset": args.preset, "--sweep": args.sweep, "--seq": args.seq_len, "--heads": args.num_heads}
     layer_only |= {"--d-model": args.d_model, "--compile": args.compile or None, "--no-memory": args.no_memory or None}
     layer_only |= {"--kv-heads": args.kv_heads, "--window": args.window, "--softcap": args.softcap}
     layer_only |= {"--sinks": args.sinks or None, "--packed-len": args.packed_len, "--mode": args.mode}
-    given = [flag for flag, value in layer_only.items() if value is not None]
+    given = [flag for flag, value in layer_only.items() if value is not None and flag not in allowed]
     if given:
         verb = "does" if len(given) == 1 else "do"
-        raise ValueError(f"{', '.join(given)} {verb} not apply with --model (use --prompt-len, --new-tokens, --layers)")
+        raise ValueError(f"{', '.join(given)} {verb} not apply with --model (use {hint})")
+
+
+def _refuse_decode_options(args: argparse.Namespace, where: str) -> None:
+    decode_only = {"--quant": args.quant, "--context": args.context, "--no-reference": args.no_reference or None}
+    decode_only |= {"--decoder": args.decoder or None}
+    if given := [flag for flag, value in decode_only.items() if value is not None]:
+        raise ValueError(f"{', '.join(given)} only apply with --decode{where}")
+
+
+def _contexts(values: tuple[str, ...]) -> tuple[int, ...]:
+    """``("128", "512")`` -> ``(128, 512)``: syntax only (the config checks the values)."""
+    try:
+        return tuple(int(value) for value in values)
+    except ValueError:
+        raise ValueError(f"--context takes comma-separated integers, got {','.join(values)!r}") from None
+
+
+def model_config_from_args(args: argparse.Namespace) -> ModelBenchConfig:
+    """The validated whole-model run the options describe (defaults from :class:`ModelBenchConfig`)."""
+    _refuse_layer_options(args, "--prompt-len, --new-tokens, --layers")
+    _refuse_decode_options(args, "")
     overrides = {} if args.layers is None else {"n_layers": args.layers}
     options = {"impls": args.impl, "batch": args.batch, "prompt_len": args.prompt_len}
     options |= {"new_tokens": args.new_tokens, "min_run_time": args.min_run_time}
@@ -205,6 +259,74 @@ def model_config_from_args(args: argparse.Namespace) -> ModelBenchConfig:
         seed=args.seed,
         **{name: value for name, value in options.items() if value is not None},
     )
+
+
+def decode_config_from_args(args: argparse.Namespace) -> DecodeBenchConfig:
+    """The validated decode run the options describe (defaults from :class:`DecodeBenchConfig`)."""
+    _refuse_layer_options(args, "--context, --new-tokens, --quant, --layers", allowed=("--compile",))
+    if args.prompt_len is not None:
+        raise ValueError(
+            "--prompt-len does not apply with --decode (use --context: the prompt lengths to decode after)"
+        )
+    overrides = {} if args.layers is None else {"n_layers": args.layers}
+    options = {"impls": args.impl, "quants": args.quant, "batch": args.batch, "new_tokens": args.new_tokens}
+    options |= {
+        "min_run_time": args.min_run_time,
+        "contexts": None if args.context is None else _contexts(args.context),
+    }
+    return DecodeBenchConfig(
+        model=GPTConfig.preset(args.model, **overrides),
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        reference=not args.no_reference,
+        decoder=args.decoder,
+        compile=args.compile,
+        **{name: value for name, value in options.items() if value is not None},
+    )
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    """``--model --decode``: decode tokens/s and share of memory bandwidth, per context length."""
+    from ..bench.decode import decode_table  # the decode modules import the gpt package: loaded when used
+    from ..bench.decode_run import run_decode_bench
+
+    config = decode_config_from_args(args)
+    if args.out is not None:
+        check_output_dir(args.out, ("decode_results.json",))  # before the run, not after it
+    config.require_packages()
+    config.require_memory()
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task("starting", total=None)
+        result = run_decode_bench(
+            config,
+            on_progress=lambda done, total, text: progress.update(task, completed=done, total=total, description=text),
+        )
+    header = result.header
+    layers = f", {config.model.n_layers} layers" if args.layers is not None else ""
+    title = (
+        f"{args.model}{layers} ({header.model_class}): decode {config.new_tokens} tokens after each context, "
+        f"batch {config.batch}, {config.dtype}"
+    )
+    console.print(decode_table(result.rows, title=title))
+    versions = ", ".join(f"{name} {version}" for name, version in header.versions.items())
+    before, after = header.bandwidth_samples_gb_per_s
+    console.print(
+        f"{header.device_name}, {header.num_threads} threads; {versions}\n"
+        f"memory bandwidth: {header.bandwidth_gb_per_s:.1f} GB/s (torch.sum over "
+        f"{header.bandwidth_probe_bytes / 2**20:.0f} MiB; {before:.1f} before, {after:.1f} after the rows); "
+        f"load average {header.load_average[0]:.1f} before, {header.load_average[1]:.1f} after; "
+        f"{header.elapsed_s:.0f} s",
+        highlight=False,
+    )
+    if args.out is not None:
+        path = Path(args.out)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {"header": asdict(header), "rows": [asdict(row) for row in result.rows]}
+        (path / "decode_results.json").write_text(json.dumps(payload, indent=2, default=str))
+        console.print(f"wrote {path / 'decode_results.json'}")
+    return 0
 
 
 def run_model(args: argparse.Namespace) -> int:
@@ -257,10 +379,12 @@ def run_model(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.model is not None:
-        return run_model(args)
+        return run_decode(args) if args.decode else run_model(args)
     model_only = {"--layers": args.layers, "--prompt-len": args.prompt_len, "--new-tokens": args.new_tokens}
+    model_only |= {"--decode": args.decode or None}
     if given := [flag for flag, value in model_only.items() if value is not None]:
         raise ValueError(f"{', '.join(given)} only apply with --model")
+    _refuse_decode_options(args, " --model")
     config = config_from_args(args)
     if args.out is not None:
         check_results_dir(args.out)  # before the run, not after it

@@ -205,6 +205,20 @@ class DecoderCache:
         start = None if self.static else self._common_length
         return CacheStep(positions=positions, kv_lens=kv_lens, start=start, empty=self._empty, input_lens=input_lens)
 
+    def rewind(self, length: int) -> None:
+        """Forget every position from ``length`` on, in every row (each then holds ``length`` tokens), e.g. to
+        decode again from the same prompt. Only full-attention layers can: a rolling layer has overwritten the
+        slots of the positions it would need again."""
+        if any(not isinstance(layer, FullLayerCache) for layer in self.layers):
+            raise ValueError("only a cache of full-attention layers can rewind (rolling layers overwrite old slots)")
+        held = int(self.lengths.min())
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= held:
+            raise ValueError(f"cannot rewind a cache whose shortest row holds {held} tokens to {length!r}")
+        self.lengths.fill_(length)
+        if not self.static:
+            self._common_length = length
+        self._empty = length == 0
+
     def finish(self, step: CacheStep) -> None:
         """Close ``step``: its tokens are now part of every row."""
         self.lengths.copy_(step.kv_lens)
