@@ -25,7 +25,7 @@ def slopes(h: int) -> torch.Tensor:
 
 def test_declared_features():
     assert {"gqa", "dropout"} == SDPA_FEATURES
-    assert {"gqa", "window", "alibi_slopes", "seq_lens", "dropout"} == SDPA_MASK_FEATURES
+    assert {"gqa", "window", "alibi_slopes", "seq_lens", "kv_lens", "dropout"} == SDPA_MASK_FEATURES
 
 
 @pytest.mark.parametrize("name", ["sdpa", "sdpa_mask"])
