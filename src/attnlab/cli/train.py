@@ -95,14 +95,22 @@ class _Progress:
         )
         self.task = None
         self.accuracy = ""
+        self.running = False
+
+    def stop(self) -> None:
+        """End the bar, if it was started (a run refused before its first step shows none)."""
+        if self.running:
+            self.bar.stop()
+            self.running = False
 
     def __call__(self, record: dict[str, Any]) -> None:
         if record["event"] == "start":
             self.bar.start()
+            self.running = True
             self.task = self.bar.add_task("train", total=record["steps"], completed=record["step"], status="")
             return
         if record["event"] == "done":
-            self.bar.stop()
+            self.stop()
             return
         if "accuracy" in record:
             self.accuracy = f" acc {record['accuracy']:.3f}"
@@ -117,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         metrics = train(config, progress=progress)
     finally:
-        progress.bar.stop()
+        progress.stop()
     if metrics["rank"] == 0:
         accuracy = "" if metrics["accuracy"] is None else f", held-out accuracy {metrics['accuracy']:.4f}"
         print(

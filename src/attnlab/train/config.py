@@ -1,6 +1,6 @@
 """``TrainConfig``: every setting of a training run, validated when it is made (before any work or process group).
 
-The defaults train the MQAR task (see :mod:`.mqar`) with the ``tiny`` model to an accuracy above 0.9 on a
+The defaults train the MQAR task (see :mod:`.mqar`) with the ``mha`` model to an accuracy above 0.9 on a
 two-core CPU in a few minutes; docs/training.md has the measured numbers.
 """
 
@@ -39,8 +39,8 @@ class TrainConfig:
     a run on N ranks computes the same losses as one process (see :mod:`.distributed`)."""
 
     task: str = "mqar"
-    model: str = "tiny"  # a preset of .model.PRESETS
-    attn_impl: str = "sdpa"
+    model: str = "mha"  # an attention design of .model.PRESETS
+    attn_impl: str = "sdpa"  # an attention backend (attnlab.backends.BACKENDS)
     # data: MQAR (vocab_size, num_kv_pairs) or text (text_file, tokenizer: a tokenizer.json, else bytes 0..255)
     vocab_size: int = 64
     num_kv_pairs: int = 8
@@ -101,10 +101,18 @@ class TrainConfig:
         if self.resume and self.out_dir is None:
             raise ValueError("resume needs out_dir: the checkpoint to resume from is read there")
         if self.context_parallel > 1:
+            from ..backends import BACKENDS
             from ..parallel import STRATEGIES
 
             if self.cp_strategy not in STRATEGIES:
                 raise ValueError(f"unknown cp_strategy {self.cp_strategy!r}; known: {', '.join(STRATEGIES)}")
+            chosen = BACKENDS.get(self.attn_impl)
+            if self.cp_strategy != "ulysses" and chosen is not None and "return_lse" not in chosen.features:
+                able = [name for name, backend in BACKENDS.items() if "return_lse" in backend.features]
+                raise ValueError(
+                    f"cp_strategy {self.cp_strategy!r} merges partial results on the log-sum-exp, which attn_impl "
+                    f"{self.attn_impl!r} does not return; use one of: {', '.join(able)} (or cp_strategy 'ulysses')"
+                )
             if self.seq_len % (2 * self.context_parallel) != 0:
                 raise ValueError(
                     f"seq_len {self.seq_len} must be a multiple of 2 x context_parallel = "

@@ -26,6 +26,7 @@ from torch import nn
 from .batching import local_batch
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .context_parallel import context_parallel_core
 from .data import make_data
 from .distributed import Ranks, all_sum, join, plan_ranks, shutdown, wrap_model
 from .evaluate import evaluate
@@ -53,6 +54,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[str, 
     parameters = count_parameters(model)
     ranks = join(ranks)
     try:
+        if ranks.cp_size > 1:
+            model.set_core_attention(context_parallel_core(ranks, config.cp_strategy, config.attn_impl))
         model = wrap_model(model, ranks, config.fsdp)
         optimizer = make_optimizer(model, config.lr, config.weight_decay)
         done = load_checkpoint(payload, model, optimizer) if payload is not None else 0

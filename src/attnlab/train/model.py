@@ -1,11 +1,25 @@
 """The model a run trains: one function, :func:`build_model`, from a preset name.
 
-A preset fixes the architecture's size; the task fixes the vocabulary and the sequence length. The model
-maps token ids (b, t) to next-token logits (b, t, vocab_size). Weights start as GPT-2's: normal with standard
-deviation 0.02, biases zero, norms one (PyTorch's default embedding init, N(0, 1), would make the tied output
-head's first logits huge). They are drawn in the implementation-independent layout of
-:mod:`attnlab.gpt.state`, from a generator seeded by ``seed``: every attention implementation starts from the
-very same weights, so two runs differ only by how each computes attention.
+Every preset is a small Llama-style :class:`attnlab.models.Decoder` (RMSNorm, SwiGLU, rotary positions, tied
+embeddings): 2 layers, ``d_model`` 64, 4 query heads of 16 features. They differ only in the attention
+design, at (almost) the same parameter count (the feed-forward width makes up for the key/value weights a
+design saves):
+
+========  ===========================================  ======
+preset    attention                                     d_ff
+========  ===========================================  ======
+mha       multi-head: 4 key/value heads                 192
+gqa       grouped-query: 2 key/value heads              213
+mqa       multi-query: 1 key/value head                 224
+window    multi-head, causal sliding window of 16       192
+========  ===========================================  ======
+
+The task fixes the vocabulary and the sequence length. The model maps token ids (b, t) to next-token logits
+(b, t, vocab_size) and takes ``positions`` (context parallelism passes a shard's). Weights start as
+GPT-2's: normal with standard deviation 0.02, biases zero, norms one, drawn in ``named_parameters`` order
+from a generator seeded by ``seed`` (PyTorch's default embedding init, N(0, 1), would make the tied output
+head's first logits huge). The parameter layout does not depend on the attention backend, so every
+backend starts from the very same weights.
 """
 
 from __future__ import annotations
@@ -15,55 +29,68 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..gpt import GPTConfig, GPTModel
-from ..gpt.state import export_state, load_state
+from ..models import Decoder, DecoderConfig
 
-__all__ = ["PRESETS", "ModelPreset", "build_model", "count_parameters"]
+__all__ = ["PRESETS", "ModelPreset", "build_model", "count_parameters", "decoder_config"]
+
+D_MODEL = 64
+N_LAYERS = 2
+NUM_HEADS = 4
+INIT_STD = 0.02  # GPT-2's initial weight scale
 
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A decoder's size: ``n_layers`` blocks of ``n_heads`` heads on a ``d_model``-wide residual stream."""
+    """An attention design: ``num_kv_heads`` key/value heads, an optional sliding ``window``, and the
+    feed-forward width ``d_ff`` that brings the parameter count level with the others."""
 
-    d_model: int
-    n_layers: int
-    n_heads: int
+    num_kv_heads: int
+    d_ff: int
+    window: int | None = None
 
 
-#: Model sizes for training from scratch on a CPU (``tiny``) or a GPU (``small``).
+#: Attention designs at matched parameter count (see the module docstring).
 PRESETS: dict[str, ModelPreset] = {
-    "tiny": ModelPreset(d_model=128, n_layers=2, n_heads=4),
-    "small": ModelPreset(d_model=256, n_layers=4, n_heads=8),
+    "mha": ModelPreset(num_kv_heads=4, d_ff=192),
+    "gqa": ModelPreset(num_kv_heads=2, d_ff=213),
+    "mqa": ModelPreset(num_kv_heads=1, d_ff=224),
+    "window": ModelPreset(num_kv_heads=4, d_ff=192, window=16),
 }
 
-INIT_STD = 0.02  # GPT-2's initial weight scale
 
-
-def build_model(preset_name: str, attn_impl: str, vocab_size: int, seq_len: int, *, seed: int = 0) -> nn.Module:
-    """A freshly initialised decoder of preset ``preset_name`` on attention implementation ``attn_impl``, for
-    ``vocab_size`` token ids and sequences up to ``seq_len`` tokens, without dropout; weights from ``seed``."""
+def decoder_config(preset_name: str, vocab_size: int, seq_len: int) -> DecoderConfig:
+    """The :class:`~attnlab.models.DecoderConfig` of preset ``preset_name`` for this vocabulary and length."""
     if preset_name not in PRESETS:
         raise ValueError(f"unknown model preset {preset_name!r}; known: {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
-    config = GPTConfig(
+    return DecoderConfig(
         vocab_size=vocab_size,
+        d_model=D_MODEL,
+        n_layers=N_LAYERS,
+        num_heads=NUM_HEADS,
+        num_kv_heads=preset.num_kv_heads,
+        d_ff=preset.d_ff,
         context_length=seq_len,
-        d_model=preset.d_model,
-        n_layers=preset.n_layers,
-        n_heads=preset.n_heads,
-        dropout=0.0,
+        layer_windows=(preset.window,) * N_LAYERS,
+        tie_embeddings=True,
+        model_type=f"attnlab-train-{preset_name}",
     )
-    model = GPTModel(config, attn_impl)
+
+
+def build_model(preset_name: str, attn_impl: str, vocab_size: int, seq_len: int, *, seed: int = 0) -> Decoder:
+    """A freshly initialised decoder of preset ``preset_name`` on attention backend ``attn_impl``, for
+    ``vocab_size`` token ids and sequences up to ``seq_len`` tokens; weights from ``seed``. A backend that
+    cannot honour the design (e.g. ``sdpa`` has no sliding window) is refused here, by name."""
+    model = Decoder(decoder_config(preset_name, vocab_size, seq_len), attn_impl)
     generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, tensor in export_state(model).items():  # a fixed order and layout, whatever the implementation
-        if "norm" in name and name.endswith("weight"):
-            state[name] = torch.ones_like(tensor)
-        elif tensor.dim() < 2:  # biases
-            state[name] = torch.zeros_like(tensor)
-        else:
-            state[name] = torch.randn(tensor.shape, generator=generator) * INIT_STD
-    load_state(model, state)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():  # a shared (tied) weight comes once
+            if parameter.dim() >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * INIT_STD)
+            elif "norm" in name:
+                parameter.fill_(1.0)
+            else:  # biases
+                parameter.zero_()
     return model
 
 
