@@ -64,3 +64,16 @@ def test_the_shortest_sequence_fits_every_query():
 def test_bad_shapes_are_refused(fields, match):
     with pytest.raises(ValueError, match=match):
         MQARSpec(**fields)
+
+
+def test_more_queries_than_pairs_query_every_key_in_rounds():
+    spec = MQARSpec(vocab_size=32, seq_len=31, num_kv_pairs=4, num_queries=12)  # 2 * (4 + 12) - 1 = 31: full
+    inputs, targets = mqar_batch(spec, 8, batch_generator(0, 1))
+    for row_in, row_t in zip(inputs, targets, strict=True):
+        pairs = dict(zip(row_in[0:8:2].tolist(), row_in[1:8:2].tolist(), strict=True))
+        answers = (row_t != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert len(answers) == 12
+        queried = [row_in[p].item() for p in answers]
+        for start in range(0, 12, 4):  # each round of 4 queries asks every key once
+            assert sorted(queried[start : start + 4]) == sorted(pairs)
+        assert all(row_t[p].item() == pairs[row_in[p].item()] for p in answers)

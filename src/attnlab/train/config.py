@@ -44,6 +44,7 @@ class TrainConfig:
     # data: MQAR (vocab_size, num_kv_pairs) or text (text_file, tokenizer: a tokenizer.json, else bytes 0..255)
     vocab_size: int = 64
     num_kv_pairs: int = 8
+    num_queries: int | None = None  # MQAR queries per sequence (None: one per pair)
     text_file: Path | None = None
     tokenizer: Path | None = None
     seq_len: int = 64
@@ -91,7 +92,7 @@ class TrainConfig:
         if self.task == "mqar":
             if self.eval_seed == self.seed:
                 raise ValueError(f"eval_seed {self.eval_seed} equals seed: the evaluation must be held out")
-            MQARSpec(self.vocab_size, self.seq_len, self.num_kv_pairs)  # raises on a bad shape
+            MQARSpec(self.vocab_size, self.seq_len, self.num_kv_pairs, self.num_queries)  # raises on a bad shape
             if self.text_file is not None or self.tokenizer is not None:
                 raise ValueError("text_file and tokenizer belong to task 'text', not 'mqar'")
         elif self.text_file is None:

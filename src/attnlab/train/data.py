@@ -27,7 +27,7 @@ class TrainData:
         self.config = config
         self.text = None
         if config.task == "mqar":
-            self.mqar = MQARSpec(config.vocab_size, config.seq_len, config.num_kv_pairs)
+            self.mqar = MQARSpec(config.vocab_size, config.seq_len, config.num_kv_pairs, config.num_queries)
             self.vocab_size = config.vocab_size
         else:
             self.text = load_text(config.text_file, config.seq_len, config.tokenizer)

@@ -1,9 +1,11 @@
 """Multi-query associative recall (MQAR), the Zoology benchmark's synthetic task for attention.
 
-A sequence first lists ``num_kv_pairs`` key-value pairs ``k1 v1 k2 v2 ...``; later every key comes back once,
-in a random order and at random places among filler tokens, each followed by its value. A model must recall,
-after each queried key, the value it was paired with: exactly what an attention layer can look up (find the
-earlier copy of the key, read the token after it). The loss and the accuracy count only those answer
+A sequence first lists ``num_kv_pairs`` key-value pairs ``k1 v1 k2 v2 ...``; then ``num_queries`` keys come back,
+at random places among filler tokens, each followed by its value. With as many queries as pairs (Zoology's
+setting, the default) every key is queried once, in a random order; with more, the keys are queried in rounds,
+each round a new random order of all of them (more answers per sequence: more training signal per token).
+A model must recall, after each queried key, the value it was paired with: what two attention layers can look
+up (find the earlier copy of the key, read the token after it). The loss and the accuracy count only those answer
 positions; every other target is ``IGNORE_INDEX`` (-100, what ``F.cross_entropy`` skips).
 
 Tokens: 0 is the filler, keys are drawn from ``[1, vocab_size // 2)`` (distinct within a sequence) and values
@@ -30,14 +32,18 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
 
 @dataclass(frozen=True)
 class MQARSpec:
-    """The task's shape: ``seq_len`` input tokens over ``vocab_size`` ids, holding ``num_kv_pairs`` pairs."""
+    """The task's shape: ``seq_len`` input tokens over ``vocab_size`` ids, holding ``num_kv_pairs`` pairs and
+    ``num_queries`` queries (None: one per pair)."""
 
     vocab_size: int
     seq_len: int
     num_kv_pairs: int
+    num_queries: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "seq_len", "num_kv_pairs"):
+        if self.num_queries is None:
+            object.__setattr__(self, "num_queries", self.num_kv_pairs)
+        for name in ("vocab_size", "seq_len", "num_kv_pairs", "num_queries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MQAR {name} must be a positive integer, got {value!r}")
@@ -48,10 +54,11 @@ class MQARSpec:
                 f"{self.vocab_size} has only {keys} (keys are 1 .. vocab_size // 2 - 1): raise vocab_size to at "
                 f"least {2 * (self.num_kv_pairs + 1)}"
             )
-        if self.seq_len + 1 < 4 * self.num_kv_pairs:
+        needed = 2 * (self.num_kv_pairs + self.num_queries) - 1
+        if self.seq_len < needed:
             raise ValueError(
-                f"MQAR seq_len {self.seq_len} is too short for {self.num_kv_pairs} pairs: the pairs and their "
-                f"queries need seq_len >= {4 * self.num_kv_pairs - 1}"
+                f"MQAR seq_len {self.seq_len} is too short for {self.num_kv_pairs} pairs and {self.num_queries} "
+                f"queries: they need seq_len >= {needed}"
             )
 
 
@@ -61,7 +68,7 @@ def mqar_batch(spec: MQARSpec, batch_size: int, generator: torch.Generator) -> t
     The targets are the inputs shifted by one (next-token prediction) with every position masked to
     ``IGNORE_INDEX`` except those whose input is a queried key: there the target is that key's value.
     """
-    n, b = spec.num_kv_pairs, batch_size
+    n, q, b = spec.num_kv_pairs, spec.num_queries, batch_size
     half = spec.vocab_size // 2
     total = spec.seq_len + 1  # one more token than the inputs: the targets are shifted by one
     # distinct keys per row: the first n of a random permutation of 1 .. half - 1
@@ -70,11 +77,12 @@ def mqar_batch(spec: MQARSpec, batch_size: int, generator: torch.Generator) -> t
     tokens = torch.full((b, total), FILLER, dtype=torch.long)  # (b, total)
     tokens[:, 0 : 2 * n : 2] = keys
     tokens[:, 1 : 2 * n : 2] = values
-    # the queries: every key once, in a random order, each in its own 2-token slot after the pairs
-    order = torch.rand(b, n, generator=generator).argsort(dim=-1)  # (b, n)
+    # the queries: rounds of every key in a new random order, each query in its own 2-token slot after the pairs
+    rounds = -(-q // n)
+    order = torch.rand(b, rounds, n, generator=generator).argsort(dim=-1).flatten(1)[:, :q]  # (b, q): pair indices
     slots = (total - 2 * n) // 2
-    chosen = torch.rand(b, slots, generator=generator).argsort(dim=-1)[:, :n].sort(dim=-1).values  # (b, n)
-    query_pos = 2 * n + 2 * chosen  # (b, n): where each query key sits
+    chosen = torch.rand(b, slots, generator=generator).argsort(dim=-1)[:, :q].sort(dim=-1).values  # (b, q)
+    query_pos = 2 * n + 2 * chosen  # (b, q): where each query key sits
     tokens.scatter_(1, query_pos, keys.gather(1, order))
     tokens.scatter_(1, query_pos + 1, values.gather(1, order))
     inputs = tokens[:, :-1]  # (b, seq_len)
