@@ -7,7 +7,7 @@ import torch
 
 from attnlab.train.mqar import FILLER, IGNORE_INDEX, MQARSpec, batch_generator, mqar_batch
 
-SPEC = MQARSpec(vocab_size=32, seq_len=40, num_kv_pairs=6)
+SPEC = MQARSpec(vocab_size=32, seq_len=40, num_kv_pairs=6, num_queries=6)  # Zoology: every key once
 
 
 def test_targets_are_the_values_of_the_queried_keys():
@@ -47,7 +47,7 @@ def test_batch_depends_only_on_seed_and_step():
 
 
 def test_the_shortest_sequence_fits_every_query():
-    spec = MQARSpec(vocab_size=16, seq_len=4 * 3 - 1, num_kv_pairs=3)
+    spec = MQARSpec(vocab_size=16, seq_len=4 * 3 - 1, num_kv_pairs=3, num_queries=3)
     _, targets = mqar_batch(spec, 8, batch_generator(0, 0))
     assert ((targets != IGNORE_INDEX).sum(dim=1) == 3).all()
 
@@ -56,7 +56,9 @@ def test_the_shortest_sequence_fits_every_query():
     ("fields", "match"),
     [
         (dict(vocab_size=8, seq_len=64, num_kv_pairs=4), "raise vocab_size to at least 10"),
-        (dict(vocab_size=64, seq_len=10, num_kv_pairs=4), "seq_len >= 15"),
+        (dict(vocab_size=64, seq_len=10, num_kv_pairs=4, num_queries=4), "seq_len >= 15"),
+        (dict(vocab_size=64, seq_len=8, num_kv_pairs=4), "seq_len >= 9"),  # not even one query fits
+        (dict(vocab_size=64, seq_len=64, num_kv_pairs=4, num_queries=0), "num_queries must be a positive integer"),
         (dict(vocab_size=64, seq_len=0, num_kv_pairs=4), "seq_len must be a positive integer"),
         (dict(vocab_size=64, seq_len=64, num_kv_pairs=True), "num_kv_pairs must be a positive integer"),
     ],
@@ -77,3 +79,11 @@ def test_more_queries_than_pairs_query_every_key_in_rounds():
         for start in range(0, 12, 4):  # each round of 4 queries asks every key once
             assert sorted(queried[start : start + 4]) == sorted(pairs)
         assert all(row_t[p].item() == pairs[row_in[p].item()] for p in answers)
+
+
+def test_by_default_queries_fill_every_slot():
+    spec = MQARSpec(vocab_size=64, seq_len=64, num_kv_pairs=4)
+    assert spec.num_queries == 28  # (64 + 1) // 2 - 4: every 2-token slot after the pairs
+    inputs, targets = mqar_batch(spec, 4, batch_generator(0, 0))
+    assert ((targets != IGNORE_INDEX).sum(dim=1) == 28).all()
+    assert (inputs[:, 8:] != FILLER).all(), "no filler left"

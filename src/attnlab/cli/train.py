@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add("--impl", dest="attn_impl", default=d.attn_impl, help=f"attention implementation (default {d.attn_impl})")
     add("--vocab-size", type=int, default=d.vocab_size, help=f"MQAR vocabulary (default {d.vocab_size})")
     add("--num-kv-pairs", type=int, default=d.num_kv_pairs, help=f"MQAR pairs per sequence (default {d.num_kv_pairs})")
-    add("--num-queries", type=int, default=d.num_queries, help="MQAR queries per sequence (default: one per pair)")
+    add("--num-queries", type=int, default=d.num_queries, help="MQAR queries per sequence (default: as many as fit)")
     add("--text-file", type=Path, default=None, help="text to train on (task text)")
     add("--tokenizer", type=Path, default=None, help="a tokenizer.json (task text; default: bytes 0..255)")
     add("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default {d.seq_len})")

@@ -43,17 +43,17 @@ class TrainConfig:
     attn_impl: str = "sdpa"  # an attention backend (attnlab.backends.BACKENDS)
     # data: MQAR (vocab_size, num_kv_pairs) or text (text_file, tokenizer: a tokenizer.json, else bytes 0..255)
     vocab_size: int = 64
-    num_kv_pairs: int = 8
-    num_queries: int | None = None  # MQAR queries per sequence (None: one per pair)
+    num_kv_pairs: int = 4
+    num_queries: int | None = None  # MQAR queries per sequence (None: as many as fit)
     text_file: Path | None = None
     tokenizer: Path | None = None
     seq_len: int = 64
     # optimisation
-    steps: int = 2000
+    steps: int = 600
     batch_size: int = 64
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 100
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     seed: int = 0
@@ -61,8 +61,8 @@ class TrainConfig:
     eval_batches: int = 4
     # bookkeeping
     log_interval: int = 10
-    eval_interval: int = 250
-    checkpoint_interval: int = 500
+    eval_interval: int = 100
+    checkpoint_interval: int = 200
     out_dir: Path | None = None
     resume: bool = False
     # parallelism and device

@@ -1,17 +1,17 @@
 """The model a run trains: one function, :func:`build_model`, from a preset name.
 
 Every preset is a small Llama-style :class:`attnlab.models.Decoder` (RMSNorm, SwiGLU, rotary positions, tied
-embeddings): 2 layers, ``d_model`` 64, 4 query heads of 16 features. They differ only in the attention
+embeddings): 2 layers, ``d_model`` 128, 4 query heads of 32 features. They differ only in the attention
 design, at (almost) the same parameter count (the feed-forward width makes up for the key/value weights a
 design saves):
 
 ========  ===========================================  ======
 preset    attention                                     d_ff
 ========  ===========================================  ======
-mha       multi-head: 4 key/value heads                 192
-gqa       grouped-query: 2 key/value heads              213
-mqa       multi-query: 1 key/value head                 224
-window    multi-head, causal sliding window of 16       192
+mha       multi-head: 4 key/value heads                 384
+gqa       grouped-query: 2 key/value heads              427
+mqa       multi-query: 1 key/value head                 448
+window    multi-head, causal sliding window of 16       384
 ========  ===========================================  ======
 
 The task fixes the vocabulary and the sequence length. The model maps token ids (b, t) to next-token logits
@@ -33,7 +33,7 @@ from ..models import Decoder, DecoderConfig
 
 __all__ = ["PRESETS", "ModelPreset", "build_model", "count_parameters", "decoder_config"]
 
-D_MODEL = 64
+D_MODEL = 128
 N_LAYERS = 2
 NUM_HEADS = 4
 INIT_STD = 0.02  # GPT-2's initial weight scale
@@ -51,10 +51,10 @@ class ModelPreset:
 
 #: Attention designs at matched parameter count (see the module docstring).
 PRESETS: dict[str, ModelPreset] = {
-    "mha": ModelPreset(num_kv_heads=4, d_ff=192),
-    "gqa": ModelPreset(num_kv_heads=2, d_ff=213),
-    "mqa": ModelPreset(num_kv_heads=1, d_ff=224),
-    "window": ModelPreset(num_kv_heads=4, d_ff=192, window=16),
+    "mha": ModelPreset(num_kv_heads=4, d_ff=384),
+    "gqa": ModelPreset(num_kv_heads=2, d_ff=427),
+    "mqa": ModelPreset(num_kv_heads=1, d_ff=448),
+    "window": ModelPreset(num_kv_heads=4, d_ff=384, window=16),
 }
 
 

@@ -1,9 +1,11 @@
 """Multi-query associative recall (MQAR), the Zoology benchmark's synthetic task for attention.
 
 A sequence first lists ``num_kv_pairs`` key-value pairs ``k1 v1 k2 v2 ...``; then ``num_queries`` keys come back,
-at random places among filler tokens, each followed by its value. With as many queries as pairs (Zoology's
-setting, the default) every key is queried once, in a random order; with more, the keys are queried in rounds,
-each round a new random order of all of them (more answers per sequence: more training signal per token).
+at random places among filler tokens, each followed by its value. The keys are queried in rounds, each round a
+new random order of all of them; with as many queries as pairs (Zoology's setting) every key is queried once.
+The default fills every 2-token slot after the pairs with a query: many answers per sequence (more training
+signal per token), and no shortcut: with one query per key, a model that has not learned to recall can still
+answer by elimination (the last query's value is the one not yet asked for): 52% accuracy with 4 pairs.
 A model must recall, after each queried key, the value it was paired with: what two attention layers can look
 up (find the earlier copy of the key, read the token after it). The loss and the accuracy count only those answer
 positions; every other target is ``IGNORE_INDEX`` (-100, what ``F.cross_entropy`` skips).
@@ -33,7 +35,7 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
 @dataclass(frozen=True)
 class MQARSpec:
     """The task's shape: ``seq_len`` input tokens over ``vocab_size`` ids, holding ``num_kv_pairs`` pairs and
-    ``num_queries`` queries (None: one per pair)."""
+    ``num_queries`` queries (None: as many as fit, ``(seq_len + 1) // 2 - num_kv_pairs``)."""
 
     vocab_size: int
     seq_len: int
@@ -41,12 +43,14 @@ class MQARSpec:
     num_queries: int | None = None
 
     def __post_init__(self) -> None:
-        if self.num_queries is None:
-            object.__setattr__(self, "num_queries", self.num_kv_pairs)
-        for name in ("vocab_size", "seq_len", "num_kv_pairs", "num_queries"):
+        for name in ("vocab_size", "seq_len", "num_kv_pairs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MQAR {name} must be a positive integer, got {value!r}")
+        if self.num_queries is None:
+            object.__setattr__(self, "num_queries", max((self.seq_len + 1) // 2 - self.num_kv_pairs, 1))
+        if isinstance(self.num_queries, bool) or not isinstance(self.num_queries, int) or self.num_queries < 1:
+            raise ValueError(f"MQAR num_queries must be a positive integer, got {self.num_queries!r}")
         keys = self.vocab_size // 2 - 1  # ids 1 .. vocab_size // 2 - 1
         if self.num_kv_pairs > keys:
             raise ValueError(
