@@ -26,6 +26,8 @@ from attnlab.train import TrainConfig
         (dict(text_file="a.txt"), "belong to task 'text'"),
         (dict(device="tpu"), "unknown device 'tpu'"),
         (dict(resume=True), "resume needs out_dir"),
+        (dict(resume="yes", out_dir="runs"), "resume must be True or False"),
+        (dict(out_dir=3), "out_dir must be a path, got int"),
         (dict(context_parallel=2, cp_strategy="tree", attn_impl="naive"), "unknown cp_strategy 'tree'"),
         (dict(context_parallel=2, attn_impl="sdpa"), "'sdpa' does not return"),
         (dict(context_parallel=3, attn_impl="naive"), "seq_len 16 must be a multiple of 2 x context_parallel = 6"),

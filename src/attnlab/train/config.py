@@ -97,6 +97,15 @@ class TrainConfig:
                 raise ValueError("text_file and tokenizer belong to task 'text', not 'mqar'")
         elif self.text_file is None:
             raise ValueError("task 'text' needs a text_file")
+        for name in ("text_file", "tokenizer", "out_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, Path)):
+                raise ValueError(f"{name} must be a path, got {type(value).__name__}")
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        for name in ("fsdp", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.device not in _DEVICES:
             raise ValueError(f"unknown device {self.device!r}; known: {', '.join(_DEVICES)}")
         if self.resume and self.out_dir is None:
@@ -132,8 +141,6 @@ class TrainConfig:
                 f"batch_size {self.batch_size} does not split over {data_ranks} data-parallel rank(s) "
                 f"(world size {world_size} / context_parallel {self.context_parallel}): use a multiple of {data_ranks}"
             )
-        if self.fsdp and world_size == 1:
-            return  # FSDP over one rank is plain training; allowed, so a script runs anywhere
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (paths as strings), as written to ``config.json`` in the output directory."""

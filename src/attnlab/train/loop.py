@@ -27,7 +27,7 @@ from .batching import local_batch
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .context_parallel import context_parallel_core
-from .data import make_data
+from .data import TrainData, make_data
 from .distributed import Ranks, all_sum, join, plan_ranks, shutdown, wrap_model
 from .evaluate import evaluate
 from .model import build_model, count_parameters
@@ -80,7 +80,7 @@ def _forward(model: nn.Module, ranks: Ranks, device: torch.device) -> Callable:
 def _run(
     config: TrainConfig,
     ranks: Ranks,
-    data: Any,
+    data: TrainData,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     done: int,
