@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  attnlab train --task mqar --out runs/mqar --resume\n"
             "  attnlab train --task text --text-file book.txt --steps 500 --seq-len 128\n"
             "  torchrun --nproc-per-node 2 -m attnlab train --task mqar --out runs/ddp\n"
-            "  torchrun --nproc-per-node 2 -m attnlab train --task mqar --fsdp"
+            "  torchrun --nproc-per-node 2 -m attnlab train --task mqar --fsdp\n"
+            "on a busy CPU, OMP_NUM_THREADS=1 is often several times faster (see docs/training.md)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
