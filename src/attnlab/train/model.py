@@ -12,6 +12,8 @@ mha       multi-head: 4 key/value heads                 384
 gqa       grouped-query: 2 key/value heads              427
 mqa       multi-query: 1 key/value head                 448
 window    multi-head, causal sliding window of 16       384
+mla       multi-head latent attention: a 64-wide        378
+          latent + 16 rotary features cached per token
 ========  ===========================================  ======
 
 The task fixes the vocabulary and the sequence length. The model maps token ids (b, t) to next-token logits
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models import Decoder, DecoderConfig
+from ..models import Decoder, DecoderConfig, MLAConfig
 
 __all__ = ["PRESETS", "ModelPreset", "build_model", "count_parameters", "decoder_config"]
 
@@ -47,6 +49,7 @@ class ModelPreset:
     num_kv_heads: int
     d_ff: int
     window: int | None = None
+    mla: MLAConfig | None = None
 
 
 #: Attention designs at matched parameter count (see the module docstring).
@@ -55,6 +58,9 @@ PRESETS: dict[str, ModelPreset] = {
     "gqa": ModelPreset(num_kv_heads=2, d_ff=427),
     "mqa": ModelPreset(num_kv_heads=1, d_ff=448),
     "window": ModelPreset(num_kv_heads=4, d_ff=384, window=16),
+    "mla": ModelPreset(
+        num_kv_heads=4, d_ff=378, mla=MLAConfig(kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
+    ),
 }
 
 
@@ -72,6 +78,7 @@ def decoder_config(preset_name: str, vocab_size: int, seq_len: int) -> DecoderCo
         d_ff=preset.d_ff,
         context_length=seq_len,
         layer_windows=(preset.window,) * N_LAYERS,
+        mla=preset.mla,
         tie_embeddings=True,
         model_type=f"attnlab-train-{preset_name}",
     )
