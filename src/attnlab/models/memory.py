@@ -103,14 +103,18 @@ def _kind(layer_cache: LayerCache, context: int) -> tuple[str, int | None, int]:
     return name, None, getattr(layer_cache, "max_tokens", context)
 
 
-def kv_cache_bytes(config: DecoderConfig, context: int, batch: int = 1, dtype: torch.dtype = torch.bfloat16):
-    """The :class:`KVCacheReport` of ``config``'s cache for ``batch`` sequences of ``context`` positions.
+def kv_cache_bytes(
+    config: DecoderConfig, context: int | None = None, batch: int = 1, dtype: torch.dtype = torch.bfloat16
+) -> KVCacheReport:
+    """The :class:`KVCacheReport` of ``config``'s cache for ``batch`` sequences of ``context`` positions
+    (default: the model's ``context_length``).
 
     The numbers are the ``nbytes`` of the buffers the layer caches allocate (on the meta device: no memory
     is used), grouped by kind of layer cache and window, in layer order of first appearance.
     """
     if not isinstance(config, DecoderConfig):
         raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")
+    context = config.context_length if context is None else context
     _check_positive("context", context)
     _check_positive("batch", batch)
     if context > config.context_length:
