@@ -135,6 +135,7 @@ def test_generation_stops_at_the_checkpoints_end_ids(with_tokenizer, tmp_path, c
         ("llama", ["--impl", "wrapper", "--attn-impl", "naive"], "not allowed with argument --impl"),
         ("llama", ["--max-new-tokens", "94"], "prompt length 3 + max_new_tokens 94 = 97 exceeds context_length 96"),
         ("llama", ["--ids", "1,97"], "token ids [97] are outside the vocabulary [0, 97)"),
+        ("llama", ["--eos-id", "97"], "eos_id must be a token id in [0, 97), got 97"),
     ],
 )
 def test_bad_choices_are_one_error_line_before_any_output(name, argv, message, checkpoints, capsys):

@@ -149,6 +149,9 @@ class LocalRun:
                 f"prompt length {len(prompt_ids)} + max_new_tokens {options.max_new_tokens} = {total} exceeds "
                 f"context_length {model.config.context_length}"
             )
+        vocab_size = model.config.vocab_size
+        if options.eos_id is not None and options.eos_id >= vocab_size:
+            raise ValueError(f"eos_id must be a token id in [0, {vocab_size}), got {options.eos_id!r}")
         return iter_generate(model, [list(prompt_ids)], options)
 
 
