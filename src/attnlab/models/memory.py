@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..gpt.files import read_json_object
+from ..gpt.files import is_file, read_json_object
 from .cache import FullLayerCache, LayerCache, RollingLayerCache
 from .config import DecoderConfig
 from .decoder import Decoder
@@ -88,7 +88,7 @@ def _check_positive(name: str, value: object) -> None:
 def read_model_config(path: str | Path) -> DecoderConfig:
     """The config of a Hugging Face checkpoint directory, or of a ``config.json`` file given directly."""
     path = Path(path)
-    if path.is_file():
+    if is_file(path):
         return config_from_hf(read_json_object(path), str(path))
     return read_config(path)  # a directory (or a clear error naming what is missing)
 
