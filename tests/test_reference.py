@@ -370,6 +370,69 @@ def test_rows_without_keys_are_zero_with_zero_finite_gradients(with_sinks):
     assert grads[0][:, :, 3:].abs().max() > 0
 
 
+# -- per-row key lengths (kv_lens) -------------------------------------------------------------------------------
+
+
+def test_hand_kv_lens_reads_only_the_rows_keys():
+    # Row 1 keeps 2 of its 3 keys: it is the hand case Q2, K2, V2 (the third key, 9 -> 100, is never seen),
+    # while row 0 keeps all 3, its queries now sitting at positions 1 and 2.
+    q = torch.cat([Q2, Q2])  # (2, 1, 2, 1)
+    k = torch.cat([column(1.0, 0.0, 9.0), column(1.0, 0.0, 9.0)])  # (2, 1, 3, 1)
+    v = torch.cat([column(3.0, 5.0, 100.0), column(3.0, 5.0, 100.0)])  # (2, 1, 3, 1)
+    out, lse = reference_core_attention(q, k, v, kv_lens=torch.tensor([3, 2]))
+    assert close(out[1].flatten(), f64(3.0, (E**2 * 3 + 5) / (E**2 + 1)))
+    assert close(lse[1].flatten(), f64(1.0, math.log(E**2 + 1)))
+    assert close(out[0].flatten(), f64((E * 3 + 5) / (E + 1), (E**2 * 3 + 5 + E**18 * 100) / (E**2 + 1 + E**18)))
+
+
+KV_LENS_OPTIONS = [
+    {},
+    {"causal": False},
+    {"window": 2, "softcap": 1.5, "alibi_slopes": SLOPES, "sinks": SINKS},
+]
+
+
+@pytest.mark.parametrize("options", KV_LENS_OPTIONS, ids=lambda o: ",".join(o) or "plain")
+@pytest.mark.parametrize("t_q", [1, 3])
+def test_kv_lens_equal_running_each_row_on_its_own_keys(options, t_q):
+    q, k, v = qkv(3, 4, 2, t_q, 6, 3, seed=11)
+    lengths = [6, 2, 4]  # the second row has fewer keys than queries when t_q = 3
+    out, lse = reference_core_attention(q, k, v, kv_lens=torch.tensor(lengths), **options)
+    for r, n in enumerate(lengths):
+        alone_out, alone_lse = reference_core_attention(
+            q[r : r + 1], k[r : r + 1, :, :n], v[r : r + 1, :, :n], **options
+        )
+        assert close(out[r : r + 1], alone_out) and close(lse[r : r + 1], alone_lse)
+
+
+def test_kv_lens_of_every_key_is_no_kv_lens():
+    q, k, v = qkv(2, 4, 2, 3, 5, 3, seed=12)
+    for kv_lens in ([5, 5], (5, 5), torch.tensor([5, 5], dtype=torch.int32)):
+        assert all(
+            close(a, b)
+            for a, b in zip(
+                reference_core_attention(q, k, v, kv_lens=kv_lens, window=2),
+                reference_core_attention(q, k, v, window=2),
+                strict=True,
+            )
+        )
+
+
+def test_kv_lens_rows_without_keys_and_gradcheck():
+    # Row 1 has 1 key for 3 queries: its queries 0 and 1 (positions -2, -1) see nothing, causally.
+    q, k, v = (t.requires_grad_() for t in qkv(2, 2, 1, 3, 4, 2, seed=13))
+    sinks = torch.tensor([0.2, -0.4], dtype=torch.float64, requires_grad=True)
+    kv_lens = torch.tensor([4, 1])
+    out, lse = reference_core_attention(q, k, v, sinks=sinks, kv_lens=kv_lens)
+    assert torch.equal(out[1, :, :2], torch.zeros(2, 2, 2, dtype=torch.float64))
+    assert torch.isneginf(lse[1, :, :2]).all() and torch.isfinite(lse[1, :, 2]).all()
+
+    def fn(q, k, v, sinks):
+        return reference_core_attention(q, k, v, window=3, softcap=1.1, sinks=sinks, kv_lens=kv_lens)[0]
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, sinks))
+
+
 # -- argument checks ---------------------------------------------------------------------------------------------
 
 Q, K, V = qkv(1, 4, 2, 3, 3, 2)
@@ -409,6 +472,12 @@ Q, K, V = qkv(1, 4, 2, 3, 3, 2)
         ((Q, K, V), {"seq_lens": torch.tensor([[3]])}, r"got a tensor of shape \(1, 1\)"),
         ((Q, K, V), {"seq_lens": 3}, r"seq_lens must be a 1-D integer tensor or a list/tuple of ints, got 3"),
         ((Q[:, :, :2], K, V), {"seq_lens": [3]}, r"seq_lens needs as many queries as keys .* t_q=2, t_k=3"),
+        ((Q, K, V), {"kv_lens": [3, 3]}, r"kv_lens has 2 entries, expected one per batch row \(1\)"),
+        ((Q, K, V), {"kv_lens": [0]}, r"kv_lens \[0\] must each lie in \[1, t_k=3\]"),
+        ((Q, K, V), {"kv_lens": torch.tensor([4])}, r"kv_lens \[4\] must each lie in \[1, t_k=3\]"),
+        ((Q, K, V), {"kv_lens": torch.tensor([3.0])}, r"kv_lens must be a 1-D integer tensor, got shape \(1,\)"),
+        ((Q, K, V), {"kv_lens": [True]}, r"kv_lens must be a 1-D integer tensor or a list/tuple of ints"),
+        ((Q, K, V), {"kv_lens": [3], "seq_lens": [3]}, r"kv_lens and seq_lens cannot be combined"),
     ],
 )
 def test_bad_arguments_are_value_errors(args, options, match):

@@ -8,6 +8,8 @@ are its own too), is slow, and is only meant for small test sizes.
 The semantics, for query ``i`` of ``t_q`` and key ``j`` of ``t_k``:
 
 - positions are aligned bottom-right: query ``i`` sits at position ``p_i = i + (t_k - t_q)``, key ``j`` at ``j``;
+  with per-row key lengths ``kv_lens`` (b,), batch row ``r`` has only the keys ``j < kv_lens[r]`` and its query
+  ``i`` sits at ``p_i = i + (kv_lens[r] - t_q)`` (the row is attention over its first ``kv_lens[r]`` keys);
 - query head ``hh`` reads key/value head ``hh // (h // h_kv)`` (grouped-query attention, Hugging Face's
   ``repeat_kv`` order; ``h_kv = 1`` is multi-query attention);
 - the logit is ``s_ij = scale * <q_i, k_j>`` (``scale`` defaults to ``head_dim ** -0.5``), then softcapped,
@@ -44,6 +46,7 @@ def reference_core_attention(
     sinks: torch.Tensor | None = None,
     alibi_slopes: torch.Tensor | None = None,
     seq_lens: torch.Tensor | Sequence[int] | None = None,
+    kv_lens: torch.Tensor | Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q (b, h, t_q, head_dim) over k, v (b, h_kv, t_k, head_dim) in float64; returns (out, lse).
 
@@ -60,10 +63,13 @@ def reference_core_attention(
         alibi_slopes: (h,) one slope per query head; adds ``-slope * |p_i - j|`` to the logit.
         seq_lens: lengths of the sequences packed along the token axis (needs ``t_q == t_k``, sum ``t_k``); a
             query sees only keys of its own sequence.
+        kv_lens: (b,) keys per batch row, each in ``[1, t_k]``; row ``r`` reads only its first ``kv_lens[r]``
+            keys/values and its queries end at its last key (``p_i = i + kv_lens[r] - t_q``). Not with seq_lens.
     """
     segments = _check_core_args(q, k, v, causal, scale, window, softcap, sinks, alibi_slopes, seq_lens)
+    row_keys = _check_kv_lens(kv_lens, q.shape[0], k.shape[2], seq_lens)  # keys per batch row
     batch, num_heads, t_q, head_dim = q.shape
-    num_kv_heads, t_k = k.shape[1], k.shape[2]
+    num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads  # query heads per key/value head
     scale = head_dim**-0.5 if scale is None else float(scale)
     softcap = None if softcap is None else float(softcap)
@@ -74,12 +80,13 @@ def reference_core_attention(
     out_rows: list[torch.Tensor] = []  # b * h * t_q rows of (head_dim,), in (b, h, t_q) order
     lse_rows: list[torch.Tensor] = []  # b * h * t_q scalars
     for b in range(batch):
+        n_keys = row_keys[b]  # this row's keys: positions 0 .. n_keys - 1
         for hh in range(num_heads):
             kv_head = hh // group
             sink = None if sinks64 is None else sinks64[hh]  # ()
             for i in range(t_q):
-                position = i + t_k - t_q
-                keys = _visible_keys(i, position, t_k, causal, window, segments)
+                position = i + n_keys - t_q
+                keys = _visible_keys(i, position, n_keys, causal, window, segments)
                 if len(keys) == 0:
                     out_rows.append(q64.new_zeros(head_dim))
                     lse_rows.append(q64.new_tensor(-math.inf))
@@ -102,6 +109,29 @@ def reference_core_attention(
     out = torch.stack(out_rows).reshape(batch, num_heads, t_q, head_dim)  # (b, h, t_q, head_dim)
     lse = torch.stack(lse_rows).reshape(batch, num_heads, t_q)  # (b, h, t_q)
     return out, lse
+
+
+def _check_kv_lens(kv_lens: torch.Tensor | Sequence[int] | None, batch: int, t_k: int, seq_lens: object) -> list[int]:
+    """Validate the per-row key lengths; return them as ints (``t_k`` for every row when None)."""
+    if kv_lens is None:
+        return [t_k] * batch
+    if seq_lens is not None:
+        raise ValueError("kv_lens and seq_lens cannot be combined: pass one of them")
+    if isinstance(kv_lens, torch.Tensor):
+        if kv_lens.dim() != 1 or kv_lens.is_floating_point() or kv_lens.is_complex() or kv_lens.dtype == torch.bool:
+            raise ValueError(
+                f"kv_lens must be a 1-D integer tensor, got shape {tuple(kv_lens.shape)} and dtype {kv_lens.dtype}"
+            )
+        lengths = [int(n) for n in kv_lens.tolist()]
+    elif isinstance(kv_lens, (list, tuple)) and all(_is_int(n) for n in kv_lens):
+        lengths = [int(n) for n in kv_lens]
+    else:
+        raise ValueError(f"kv_lens must be a 1-D integer tensor or a list/tuple of ints, got {kv_lens!r}")
+    if len(lengths) != batch:
+        raise ValueError(f"kv_lens has {len(lengths)} entries, expected one per batch row ({batch})")
+    if any(not 1 <= n <= t_k for n in lengths):
+        raise ValueError(f"kv_lens {lengths} must each lie in [1, t_k={t_k}]")
+    return lengths
 
 
 def _visible_keys(

@@ -3,8 +3,9 @@ of them in test_flash_decode.py, the Triton kernels the same ones in Triton's in
 (flash_decode_interpreter_cases.py), at sizes the interpreter runs in a few seconds.
 
 Each case is ``(b, h, h_kv, t_q, t_k, num_splits, options)``; options are backend keywords, with ``"sinks"``
-and ``"alibi"`` placeholders made tensors by :func:`make_options`. Error bounds: FlashAttention's rule
-against the float64 reference (flash_reference.py), forward only: out (and lse) within 2x naive's error.
+and ``"alibi"`` placeholders made tensors by :func:`make_options` (and a ``kv_lens`` tuple made an int64
+tensor). Error bounds: FlashAttention's rule against the float64 reference (flash_reference.py), forward only:
+out (and lse) within 2x naive's error.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ CASES = {  # name: (b, h, h_kv, t_q, t_k, num_splits, options)
     "rows_without_keys_window": (1, 4, 4, 6, 3, 3, {"window": 2}),
     "everything_with_lse": (2, 8, 2, 3, 66, 3, ALL_OPTIONS),
     "lse_rows_without_keys": (1, 4, 1, 8, 5, 2, {"return_lse": True}),
+    # Per-row key lengths (cache_seqlens): ragged rows, one of a single key, splits past a row's length.
+    "kv_lens_decode_gqa_4_1": (3, 4, 1, 1, 77, 3, {"kv_lens": (77, 1, 30)}),
+    "kv_lens_non_causal": (2, 4, 2, 3, 45, 4, {"causal": False, "kv_lens": (45, 7), "return_lse": True}),
+    "kv_lens_default_splits": (2, 4, 2, 2, 61, None, {"kv_lens": (5, 61)}),
+    # The second row has 2 keys for 3 queries: its first query sees none (zeros, lse -inf).
+    "kv_lens_everything": (3, 8, 2, 3, 66, 3, {**ALL_OPTIONS, "window": 9, "kv_lens": (66, 2, 40)}),
 }
 
 
@@ -46,6 +53,8 @@ def make_options(options: dict, h: int) -> dict:
         made["sinks"] = sinks_for(h)
     if made.get("alibi_slopes") == "alibi":
         made["alibi_slopes"] = alibi_slopes(h)
+    if "kv_lens" in made:
+        made["kv_lens"] = torch.tensor(made["kv_lens"])
     return made
 
 

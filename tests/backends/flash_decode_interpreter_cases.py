@@ -52,3 +52,17 @@ def test_non_contiguous_inputs():
     q, k, v, dout = make_inputs(2, 4, 2, 40, 16, h_kv=2, contiguous=False, seed=6)
     assert not any(t.is_contiguous() for t in (q, k, v))
     assert_matches_reference(with_splits(flash_decode_triton, 3), q, k, v, dout, grads=False)
+
+
+def test_kv_lens_padding_is_never_read():
+    # Splits past a row's length run no step: NaN in the padding changes nothing.
+    q, k, v, _ = make_inputs(2, 4, 2, 70, 16, h_kv=2, seed=8)
+    kv_lens = torch.tensor([70, 20], dtype=torch.int32)
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    poisoned_k[1, :, 20:] = float("nan")
+    poisoned_v[1, :, 20:] = float("nan")
+    for num_splits in (1, 4):
+        clean = with_splits(flash_decode_triton, num_splits)(q, k, v, kv_lens=kv_lens, return_lse=True)
+        got = with_splits(flash_decode_triton, num_splits)(q, poisoned_k, poisoned_v, kv_lens=kv_lens, return_lse=True)
+        assert all(torch.isfinite(x).all() for x in clean)
+        assert all(torch.equal(a, b) for a, b in zip(got, clean, strict=True))

@@ -12,8 +12,9 @@ for this input on this CPU, so the bound adapts to the dtype, the CPU's matmul k
 the quantity (a dk summed over 800 queries is larger, and errs more, than an output row); a wrong mask or
 scale errs by 1e-1 of the magnitude.
 
-Options (``causal``, ``window``, ``softcap``, ``sinks``, ``alibi_slopes``, ``seq_lens``, ``return_lse``) are
-passed through as the backend keywords; ``sinks`` gets its gradient compared too. With ``return_lse=True``
+Options (``causal``, ``window``, ``softcap``, ``sinks``, ``alibi_slopes``, ``seq_lens``, ``kv_lens``,
+``return_lse``) are passed through as the backend keywords (``kv_lens``, an integer tensor, reaches the
+reference as it is); ``sinks`` gets its gradient compared too. With ``return_lse=True``
 the returned lse is compared under the same rule (2x, its ``-inf`` rows exactly) and a gradient flows through
 it as well (``dlse = dout[..., 0]`` on the rows that see a key), so dq, dk, dv include lse's share.
 """
@@ -29,12 +30,14 @@ from attnlab.reference import reference_core_attention
 
 __all__ = [
     "FLOOR",
+    "assert_kv_lens_padding_is_ignored",
     "assert_matches_reference",
     "assert_rows_without_keys_are_zero",
     "make_inputs",
     "max_error",
     "reference_attention",
     "reference_with_grads",
+    "rows_without_keys",
     "run_with_grads",
 ]
 
@@ -215,3 +218,36 @@ def assert_rows_without_keys_are_zero(
     if options.get("return_lse"):
         lse = rest[-1]
         assert torch.isneginf(lse[..., :empty]).all() and torch.isfinite(lse[..., empty:]).all()
+
+
+def rows_without_keys(t_q: int, kv_lens: torch.Tensor) -> torch.Tensor:
+    """(b, t_q) bool: under causal attention with per-row key lengths, query ``i`` of row ``r`` sits at position
+    ``i + kv_lens[r] - t_q``, so it sees no key when that is negative."""
+    return torch.arange(t_q).view(1, -1) + kv_lens.cpu().view(-1, 1) - t_q < 0  # (b, t_q)
+
+
+def assert_kv_lens_padding_is_ignored(
+    fn: Fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, kv_lens: torch.Tensor, **options
+) -> None:
+    """Keys/values past each row's length are ignored: NaN there changes nothing (outputs and gradients equal
+    to those with finite padding, bit for bit), their dk and dv are zero, and under causal the queries that
+    see no key (``kv_lens[r] < t_q``) output zeros with zero dq (lse ``-inf``), every gradient finite."""
+    t_k = k.shape[2]
+    past = torch.arange(t_k).view(1, 1, -1, 1) >= kv_lens.cpu().view(-1, 1, 1, 1)  # (b, 1, t_k, 1)
+    poisoned_k, poisoned_v = (x.masked_fill(past.to(x.device), float("nan")) for x in (k, v))
+    clean = run_with_grads(fn, q, k, v, dout, kv_lens=kv_lens, **options)
+    poisoned = run_with_grads(fn, q, poisoned_k, poisoned_v, dout, kv_lens=kv_lens, **options)
+    for got, want in zip(poisoned, clean, strict=True):
+        assert torch.equal(got, want), "the padding past kv_lens changed a result"
+    out, dq, dk, dv, *rest = clean
+    grads = (dq, dk, dv, *rest[: len(rest) - bool(options.get("return_lse"))])  # (the lse has -inf rows)
+    assert all(torch.isfinite(g).all() for g in grads)
+    for grad in (dk, dv):
+        assert torch.equal(grad.masked_fill(~past.to(grad.device), 0.0), torch.zeros_like(grad))
+    if options.get("causal", True):
+        empty = rows_without_keys(q.shape[2], kv_lens).to(q.device)[:, None, :, None]  # (b, 1, t_q, 1)
+        assert torch.equal(out.masked_fill(~empty, 0.0), torch.zeros_like(out))
+        assert torch.equal(dq.masked_fill(~empty, 0.0), torch.zeros_like(dq))
+        if options.get("return_lse"):
+            lse = rest[-1]
+            assert torch.equal(torch.isneginf(lse), empty.squeeze(-1).expand(lse.shape))

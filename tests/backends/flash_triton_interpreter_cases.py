@@ -19,6 +19,7 @@ import os
 import pytest
 import torch
 from flash_reference import (
+    assert_kv_lens_padding_is_ignored,
     assert_matches_reference,
     assert_rows_without_keys_are_zero,
     make_inputs,
@@ -273,3 +274,36 @@ def test_alibi_slopes_that_require_grad_are_refused():
         flash_triton_attention(q, k, v, alibi_slopes=slopes)
     with torch.no_grad():  # nothing to refuse without autograd
         flash_triton_attention(q, k, v, alibi_slopes=slopes)
+
+
+# -- per-row key lengths (kv_lens): each program loads its row's length --------------------------------------
+
+#: Ragged rows: all keys, one key, fewer keys than queries when t_q > 2 (those queries see none), a ragged tile.
+KV_LENS = (40, 1, 2, 29)
+
+
+@pytest.mark.parametrize("t_q", [1, 9])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"causal": True, "return_lse": True},
+        {"causal": False},
+        {"causal": True, "window": 7, "softcap": 5.0, "sinks": "sinks", "alibi_slopes": "alibi", "return_lse": True},
+    ],
+    ids=["causal", "non_causal", "everything"],
+)
+def test_kv_lens(t_q, options):
+    q, k, v, dout = make_inputs(4, 4, t_q, 40, 16, h_kv=2, seed=t_q)
+    options = dict(options)
+    if options.get("sinks") == "sinks":
+        options["sinks"] = sinks_for(4, seed=t_q)
+    if options.get("alibi_slopes") == "alibi":
+        options["alibi_slopes"] = alibi_slopes(4)
+    assert_matches_reference(flash(MIXED), q, k, v, dout, kv_lens=torch.tensor(KV_LENS), **options)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_kv_lens_padding_is_never_read_and_rows_without_keys_are_zero(causal):
+    q, k, v, dout = make_inputs(4, 4, 9, 40, 16, h_kv=1, seed=13)
+    options = {"causal": causal, "sinks": sinks_for(4, seed=13), "return_lse": causal}
+    assert_kv_lens_padding_is_ignored(flash(MIXED), q, k, v, dout, torch.tensor(KV_LENS, dtype=torch.int32), **options)

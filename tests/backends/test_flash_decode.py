@@ -94,6 +94,35 @@ def test_keys_outside_the_window_are_never_read():
     assert torch.isfinite(clean).all() and torch.equal(got, clean)
 
 
+def test_plan_with_kv_lens_cuts_the_whole_buffer_with_per_row_bounds():
+    # The lengths stay on the device: the chunks cut all t_k keys, every chunk masked by its row's intervals.
+    spec = AttentionSpec(kv_lens=torch.tensor([100, 3]))
+    plan = decode.split_plan(2, 100, spec, 4)
+    assert (plan.start, plan.n_keys, plan.chunk, plan.num_splits, plan.masked) == (0, 100, 25, 4, True)
+    assert plan.lo.tolist() == [[0, 0], [0, 0]] and plan.hi.tolist() == [[98, 99], [1, 2]]
+
+
+def test_keys_to_split_is_the_union_of_the_intervals_or_the_buffer():
+    assert decode.keys_to_split(2, 1000, AttentionSpec()) == 1000
+    assert decode.keys_to_split(2, 1000, AttentionSpec(window=100)) == 101  # a window's keys, not the history
+    assert decode.keys_to_split(3, 2, AttentionSpec()) == 2
+    assert decode.keys_to_split(1, 1000, AttentionSpec(kv_lens=torch.tensor([5]))) == 1000  # not read back
+
+
+def test_splits_past_a_rows_length_contribute_nothing():
+    # Keys at or past a row's length are never used: NaN there changes nothing (the default split count, and 5).
+    q, k, v, _ = make_inputs(2, 4, 2, 600, 16, h_kv=2, seed=5)
+    kv_lens = torch.tensor([600, 130])
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    poisoned_k[1, :, 130:] = float("nan")
+    poisoned_v[1, :, 130:] = float("nan")
+    for num_splits in (None, 5):
+        with torch.no_grad():
+            clean = with_splits(flash_decode_torch, num_splits)(q, k, v, kv_lens=kv_lens)
+            got = with_splits(flash_decode_torch, num_splits)(q, poisoned_k, poisoned_v, kv_lens=kv_lens)
+        assert torch.isfinite(clean).all() and torch.equal(got, clean)
+
+
 def test_default_num_splits_fills_the_cpu_with_chunks_of_256_keys_at_least():
     threads = torch.get_num_threads()
     cpu = torch.device("cpu")
@@ -119,7 +148,7 @@ def test_merge_is_exact_for_any_split():
 @pytest.mark.parametrize("name", NAMES)
 def test_features_and_forward_only_are_declared(name):
     backend = BACKENDS[name]
-    assert backend.features == {"gqa", "window", "softcap", "sinks", "alibi_slopes", "return_lse"}
+    assert backend.features == {"gqa", "window", "softcap", "sinks", "alibi_slopes", "kv_lens", "return_lse"}
     assert {"cpu", "cuda"} <= set(backend.no_backward_on)
     assert name in backends_with("sinks") and name not in backends_with("seq_lens")
     assert decode.FEATURES == flash_decode_triton.FEATURES

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from flash_reference import (
+    assert_kv_lens_padding_is_ignored,
     assert_matches_reference,
     assert_rows_without_keys_are_zero,
     make_inputs,
@@ -479,3 +480,48 @@ def test_default_block_sizes_run_every_feature():
     q, k, v, dout = make_inputs(1, 4, 300, 300, 16, h_kv=2, seed=10)
     options = dict(window=100, softcap=30.0, sinks=sinks_for(4), alibi_slopes=alibi_slopes_for(4), return_lse=True)
     assert_matches_reference(BACKENDS["flash_torch"], q, k, v, dout, **options)
+
+
+# -- per-row key lengths (kv_lens) ------------------------------------------------------------------------
+
+#: Ragged rows: all keys, one key, and fewer keys than queries when t_q > 2 (those queries see none).
+KV_LENS = (60, 1, 2, 37)
+
+
+@pytest.mark.parametrize("t_q", [1, 5])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"causal": False},
+        {"h": 6, "h_kv": 2, "window": 7, "softcap": 3.0, "sinks": True, "alibi": True, "return_lse": True},
+        {"h": 4, "h_kv": 1, "causal": False, "alibi": True, "sinks": True, "return_lse": True},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain",
+)
+def test_kv_lens(t_q, options):
+    check(b=4, t_q=t_q, t_k=60, blocks=(4, 16), kv_lens=torch.tensor(KV_LENS), **options)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_kv_lens_other_dtypes(dtype):
+    check(b=4, t_q=5, t_k=60, dtype=dtype, blocks=(4, 16), kv_lens=torch.tensor(KV_LENS), window=9, sinks=True)
+
+
+@pytest.mark.parametrize("options", [{"return_lse": True, "window": 3}, {"causal": False}])
+def test_kv_lens_padding_is_ignored_and_rows_without_keys_are_zero(options):
+    q, k, v, dout = make_inputs(4, 4, 5, 60, 16, h_kv=2, seed=3)
+    options = {"sinks": sinks_for(4), "alibi_slopes": alibi_slopes_for(4), **options}
+    assert_kv_lens_padding_is_ignored(flash(4, 16), q, k, v, dout, torch.tensor(KV_LENS), **options)
+
+
+def test_tile_plan_of_kv_lens_is_per_batch_row():
+    # Row 0 has all 64 keys: its 4 queries sit at 60..63. Row 1 has 20: they sit at 16..19, so tiles past the
+    # first two of 16 keys are never visited (and its dk, dv there stay zero).
+    spec = AttentionSpec(kv_lens=torch.tensor([64, 20]))
+    full, short = (tile_plan(4, 64, spec, 4, 16, batch_row=r) for r in (0, 1))
+    assert full.unmasked == ((0, 16, 32),) and full.masked == ((48,),)
+    assert short.unmasked == ((0,),) and short.masked == ((16,),)
+    assert short.unmasked_blocks == ((0,), (), (), ()) and short.masked_blocks == ((), (0,), (), ())
+    with pytest.raises(ValueError, match="tile_plan with kv_lens needs batch_row"):
+        tile_plan(4, 64, spec, 4, 16)

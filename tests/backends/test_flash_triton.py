@@ -98,7 +98,7 @@ def test_kernel_configs_are_validated():
 
 
 def test_every_feature_but_dropout_is_declared():
-    assert FEATURES == {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse"}
+    assert FEATURES == {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "kv_lens", "return_lse"}
     assert "flash_triton" in backends_with("seq_lens") and "flash_triton" not in backends_with("dropout")
 
 
@@ -122,6 +122,22 @@ def test_kernel_features_are_built_from_a_spec_and_validated():
         KernelFeatures(seq_start=torch.zeros(3), seq_end=torch.zeros(3, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"softcap must be > 0, got -1\.0"):
         KernelFeatures(softcap=-1.0)
+    with_lengths = KernelFeatures.from_spec(AttentionSpec(kv_lens=torch.tensor([5, 2])), "cpu")
+    assert with_lengths.kv_lens.dtype == torch.int32 and with_lengths.kv_lens.tolist() == [5, 2]
+    with pytest.raises(ValueError, match="kv_lens must be a 1-D int32 tensor"):
+        KernelFeatures(kv_lens=torch.tensor([5, 2]))
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("t_q", [1, 7, 64])
+def test_cuda_kv_lens(t_q, dtype):
+    # A static cache of 1000 slots with ragged valid prefixes (one shorter than the queries), GQA, a window,
+    # softcap, sinks and ALiBi, with gradients.
+    q, k, v, dout = make_inputs(4, 4, t_q, 1000, 64, h_kv=2, dtype=dtype, device="cuda", seed=t_q)
+    kv_lens = torch.tensor([1000, 1, 5, 613], device="cuda")
+    options = {"window": 129, "softcap": 20.0, "sinks": sinks_for(4).cuda(), "alibi_slopes": alibi_slopes(4).cuda()}
+    assert_matches_reference(flash_triton_attention, q, k, v, dout, kv_lens=kv_lens, return_lse=True, **options)
 
 
 @CUDA

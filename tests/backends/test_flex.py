@@ -33,7 +33,7 @@ def slopes(h: int, device: str = "cpu") -> torch.Tensor:
 
 def test_declared_features():
     # Everything but dropout, which FlexAttention has no option for.
-    assert {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse"} == FEATURES
+    assert {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "kv_lens", "return_lse"} == FEATURES
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -44,6 +44,23 @@ def test_window_softcap_alibi_gqa_with_a_kv_cache(device):
     q, k, v, dout = make_inputs(1, 4, 130, 200, 16, h_kv=2, scale=2.0, device=device, seed=1)
     options = {"window": 40, "softcap": 1.5, "alibi_slopes": slopes(4, device)}
     assert_matches_reference(flex, q, k, v, dout, causal=True, grads=device == "cuda", **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kv_lens_window_softcap_alibi_gqa(device):
+    # A KV cache's ragged rows (the lengths captured by the mask_mod, one block mask row per batch row): all
+    # 40 keys, one key, and 2 keys for 3 queries (its first query sees none: zeros). NaN in the padding past
+    # each row's length changes nothing.
+    q, k, v, dout = make_inputs(3, 4, 3, 40, 16, h_kv=2, scale=2.0, device=device, seed=3)
+    kv_lens = torch.tensor([40, 1, 2], device=device)
+    options = {"window": 9, "softcap": 1.5, "alibi_slopes": slopes(4, device), "kv_lens": kv_lens}
+    assert_matches_reference(flex, q, k, v, dout, causal=True, grads=device == "cuda", **options)
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    poisoned_k[1:, :, 2:] = float("nan")
+    poisoned_v[1:, :, 2:] = float("nan")
+    with torch.no_grad():
+        clean, poisoned = flex(q, k, v, **options), flex(q, poisoned_k, poisoned_v, **options)
+    assert torch.equal(clean, poisoned) and torch.equal(clean[2, :, 0], torch.zeros_like(clean[2, :, 0]))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -10,7 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from flash_reference import make_inputs, max_error, reference_with_grads, run_with_grads
+from flash_reference import (
+    assert_kv_lens_padding_is_ignored,
+    make_inputs,
+    max_error,
+    reference_with_grads,
+    run_with_grads,
+)
 
 from attnlab.backends import BACKENDS
 from attnlab.reference import reference_core_attention
@@ -65,6 +71,20 @@ CASES = [
     {"t_q": 40, "t_k": 25, "return_lse": True, "sinks": True},  # the first 15 queries see no key
     {"t_q": 5, "t_k": 30, "window": 4, "return_lse": True},  # decoding with a window
     {"h_kv": 2, "window": 4, "softcap": 3.0, "sinks": True, "alibi": True, "return_lse": True},
+    {"kv_lens": (30, 5)},  # per-row key lengths (a right-padded batch, a KV cache's valid prefix)
+    {"t_q": 1, "t_k": 30, "kv_lens": (9, 1), "causal": False, "alibi": True},
+    # The second row has 2 keys for 4 queries: its first 2 see none.
+    {
+        "t_q": 4,
+        "t_k": 30,
+        "kv_lens": (30, 2),
+        "h_kv": 2,
+        "window": 4,
+        "softcap": 3.0,
+        "sinks": True,
+        "alibi": True,
+        "return_lse": True,
+    },
 ]
 
 
@@ -78,6 +98,8 @@ def run_case(case: dict, dtype: torch.dtype) -> tuple[tuple[torch.Tensor, ...], 
         case["sinks"] = sinks_for(4, dtype)
     if case.pop("alibi", False):
         case["alibi_slopes"] = slopes_for(4, dtype)
+    if "kv_lens" in case:
+        case["kv_lens"] = torch.tensor(case["kv_lens"])
     causal = case.pop("causal", True)
     return run_with_grads(naive, q, k, v, dout, causal, **case), reference_with_grads(q, k, v, dout, causal, **case)
 
@@ -135,3 +157,14 @@ def test_dropout_drops_weights_with_torchs_generator():
     assert max_error(lse, torch.logsumexp(scores.masked_fill(future, float("-inf")), dim=-1)) <= REL32 * lse.abs().max()
     with torch.no_grad():
         assert not torch.equal(naive(q, k, v, dropout_p=0.25), naive(q, k, v))
+
+
+@pytest.mark.parametrize("options", [{"return_lse": True, "sinks": True}, {"causal": False, "alibi": True}])
+def test_kv_lens_padding_is_ignored_and_rows_without_keys_are_zero(options):
+    q, k, v, dout = make_inputs(3, 4, 3, 8, 16, h_kv=2, seed=21)
+    options = dict(options)
+    if options.pop("sinks", False):
+        options["sinks"] = sinks_for(4, torch.float32)
+    if options.pop("alibi", False):
+        options["alibi_slopes"] = slopes_for(4, torch.float32)
+    assert_kv_lens_padding_is_ignored(naive, q, k, v, dout, torch.tensor([8, 1, 5]), **options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flash_reference import assert_matches_reference, make_inputs
+from flash_reference import assert_kv_lens_padding_is_ignored, assert_matches_reference, make_inputs
 
 from attnlab.backends import BACKENDS
 from attnlab.backends.sdpa import SDPA_FEATURES, SDPA_MASK_FEATURES
@@ -25,7 +25,7 @@ def slopes(h: int) -> torch.Tensor:
 
 def test_declared_features():
     assert {"gqa", "dropout"} == SDPA_FEATURES
-    assert {"gqa", "window", "alibi_slopes", "seq_lens", "dropout"} == SDPA_MASK_FEATURES
+    assert {"gqa", "window", "alibi_slopes", "seq_lens", "kv_lens", "dropout"} == SDPA_MASK_FEATURES
 
 
 @pytest.mark.parametrize("name", ["sdpa", "sdpa_mask"])
@@ -58,6 +58,18 @@ def test_mask_alibi(t_q, t_k, causal):
 def test_mask_packed_sequences(seq_lens, causal):
     q, k, v, dout = make_inputs(2, 4, 37, 37, 16, h_kv=1, seed=len(seq_lens))
     assert_matches_reference(sdpa_mask, q, k, v, dout, causal=causal, seq_lens=seq_lens)
+
+
+@pytest.mark.parametrize("t_q", [1, 4])
+@pytest.mark.parametrize("causal", [True, False])
+def test_mask_kv_lens(t_q, causal):
+    # Ragged rows of a KV cache with GQA, a window and ALiBi; with t_q = 4 the second row's 2 keys leave its
+    # first 2 queries without a key (zeros) under causal attention.
+    q, k, v, dout = make_inputs(3, 4, t_q, 30, 16, h_kv=2, seed=t_q)
+    options = {"kv_lens": torch.tensor([30, 2, 17]), "alibi_slopes": slopes(4), "window": 6 if causal else None}
+    assert_matches_reference(sdpa_mask, q, k, v, dout, causal=causal, **options)
+    kv_lens = options.pop("kv_lens")
+    assert_kv_lens_padding_is_ignored(sdpa_mask, q, k, v, dout, kv_lens, causal=causal, **options)
 
 
 def test_mask_everything_at_once():

@@ -51,6 +51,23 @@ WINDOW_MESSAGE = "window must be a positive int (keys a query sees, itself inclu
             {"seq_lens": torch.tensor([[2, 2]])},
             "seq_lens must be a 1-D integer tensor or a list of ints, got a torch.int64 tensor of shape (1, 2)",
         ),
+        ({"kv_lens": [3]}, "kv_lens must be a 1-D integer tensor (one length per batch row), got list"),
+        (
+            {"kv_lens": torch.tensor([3.0])},
+            "kv_lens must be a 1-D integer tensor (one length per batch row), got a torch.float32 tensor of shape (1,)",
+        ),
+        (
+            {"kv_lens": torch.tensor([True])},
+            "kv_lens must be a 1-D integer tensor (one length per batch row), got a torch.bool tensor of shape (1,)",
+        ),
+        (
+            {"kv_lens": torch.tensor(3)},
+            "kv_lens must be a 1-D integer tensor (one length per batch row), got a torch.int64 tensor of shape ()",
+        ),
+        (
+            {"kv_lens": torch.tensor([4]), "seq_lens": [4]},
+            "kv_lens cannot be combined with seq_lens (per-row key lengths vs packed sequences in one row)",
+        ),
     ],
     ids=lambda x: repr(x) if isinstance(x, dict) else "",
 )
@@ -87,6 +104,10 @@ def bad_tensor_cases() -> list[tuple[dict, dict, str]]:
             "alibi_slopes must be floating point, got torch.int32",
         ),
         ({}, {"alibi_slopes": torch.ones(2, device="meta")}, "alibi_slopes is on meta but q is on cpu"),
+        ({}, {"kv_lens": torch.tensor([4, 4])}, "kv_lens must have shape (1,), one length per batch row, got (2,)"),
+        ({}, {"kv_lens": torch.tensor([4], device="meta")}, "kv_lens is on meta but q is on cpu"),
+        ({}, {"kv_lens": torch.tensor([0])}, "kv_lens must lie in [1, t_k=4], got values from 0 to 0: [0]"),
+        ({"t_k": 3}, {"kv_lens": torch.tensor([4])}, "kv_lens must lie in [1, t_k=3], got values from 4 to 4: [4]"),
         (
             {"h": 3},
             {},
@@ -119,6 +140,7 @@ def call_using(feature: str) -> tuple[tuple[torch.Tensor, ...], dict]:
         "sinks": {"sinks": torch.zeros(2)},
         "alibi_slopes": {"alibi_slopes": torch.ones(2)},
         "seq_lens": {"seq_lens": [1, 3]},
+        "kv_lens": {"kv_lens": torch.tensor([3])},
         "return_lse": {"return_lse": True},
         "dropout": {"dropout_p": 0.1},
     }[feature]
@@ -150,8 +172,8 @@ def test_undeclared_features_are_refused_by_name(name, feature):
 
 
 def test_unknown_feature_name():
-    with pytest.raises(ValueError, match="unknown attention feature 'paged'"):
-        backends_with("paged")
+    with pytest.raises(ValueError, match="unknown attention feature 'telepathy'"):
+        backends_with("telepathy")
 
 
 def test_unknown_tuning_keywords_are_refused_by_name():
@@ -162,6 +184,32 @@ def test_unknown_tuning_keywords_are_refused_by_name():
         ValueError, match="the flash_torch backend takes no config; its tuning keywords: block_m, block_n"
     ):
         BACKENDS["flash_torch"].attend(q, q, q, AttentionSpec(), config=None)
+
+
+def test_kv_lens_values_are_not_read_while_compiling(monkeypatch):
+    # Under torch.compile reading a tensor's values would break the graph: the value check is skipped there,
+    # while the shape and device checks (static) still run.
+    q, k, v = qkv()
+    spec = AttentionSpec(kv_lens=torch.tensor([9]))  # 9 > t_k = 4: refused when not compiling
+    with pytest.raises(ValueError, match=re.escape("kv_lens must lie in [1, t_k=4]")):
+        spec.check(q, k, v)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    spec.check(q, k, v)
+    with pytest.raises(ValueError, match=re.escape("kv_lens must have shape (1,)")):
+        AttentionSpec(kv_lens=torch.tensor([4, 4])).check(q, k, v)
+
+
+def test_kv_lens_spec_compiles_without_graph_breaks():
+    # The whole check inside a compiled function: no graph break (fullgraph) from reading kv_lens.
+    q, k, v = qkv()
+    lengths = torch.tensor([3])
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def checked(q, k, v, lengths):
+        AttentionSpec(kv_lens=lengths).check(q, k, v)
+        return q * 2
+
+    assert torch.equal(checked(q, k, v, lengths), q * 2)
 
 
 @pytest.mark.parametrize(

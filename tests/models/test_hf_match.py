@@ -66,7 +66,7 @@ def test_greedy_tokens_match_transformers_with_and_without_cache(name, checkpoin
     assert generate(model, prompt, GenerationOptions(max_new_tokens=25, use_cache=False)) == [expected]
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral", "gemma2"])
+@pytest.mark.parametrize("name", ["llama", "mistral", "gemma2", "deepseek_v3"])
 def test_left_padded_batch_equals_rows_alone(name, checkpoints, hf_models):
     model = from_hf(checkpoints[name], "naive")
     generator = torch.Generator().manual_seed(2)
@@ -79,3 +79,28 @@ def test_left_padded_batch_equals_rows_alone(name, checkpoints, hf_models):
     with torch.no_grad():
         expected = hf_models[name].generate(idx, attention_mask=mask, max_new_tokens=12, do_sample=False)
     assert expected[:, longest:].tolist() == alone
+
+
+@pytest.mark.parametrize("name", [name for name in NAMES if name.startswith("deepseek_v3")])
+def test_mla_absorbed_matches_transformers(name, checkpoints, hf_models):
+    from attnlab.models.mla import set_mla_absorb
+
+    model = from_hf(checkpoints[name], "sdpa")
+    set_mla_absorb(model, True)  # attention in the latent space, against the cached latents (no expansion)
+    idx = torch.randint(0, VOCAB, (2, 70), generator=torch.Generator().manual_seed(0))
+    prompt = idx[:1, :7]
+    with torch.no_grad():
+        expected = hf_models[name](idx).logits
+        got = model(idx)
+        expected_tokens = hf_models[name].generate(prompt, max_new_tokens=25, do_sample=False)[0, 7:].tolist()
+    assert (got - expected).abs().max() <= RTOL * expected.abs().max()
+    assert generate(model, prompt, GenerationOptions(max_new_tokens=25)) == [expected_tokens]
+
+
+def test_tiny_deepseek_v3_has_dense_and_expert_layers(checkpoints):
+    from attnlab.models.mla import LatentAttention
+    from attnlab.models.moe import MoEFeedForward
+
+    model = from_hf(checkpoints["deepseek_v3"], "naive")  # so the tests above cover DeepSeek's experts too
+    assert [isinstance(block.ffn, MoEFeedForward) for block in model.blocks] == [False, True]
+    assert all(isinstance(block.attn, LatentAttention) for block in model.blocks)

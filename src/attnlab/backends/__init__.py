@@ -3,7 +3,7 @@
 Every backend is called the same way::
 
     out = BACKENDS["naive"](q, k, v, causal=True, scale=None, window=None, softcap=None, sinks=None,
-                            alibi_slopes=None, seq_lens=None, return_lse=False, dropout_p=0.0)
+                            alibi_slopes=None, seq_lens=None, kv_lens=None, return_lse=False, dropout_p=0.0)
     # q (b, h, t_q, d), k/v (b, h_kv, t_k, d) -> (b, h, t_q, d), or (out, lse) with return_lse=True
 
 The keywords become one :class:`AttentionSpec` (exact semantics in :mod:`attnlab.backends.spec`);
@@ -28,9 +28,14 @@ import torch
 from ..availability import missing_packages_reason
 from . import flash_decode_torch, flash_decode_triton, flash_torch, flash_triton, flex, naive, sdpa
 from .common import causal_mask
+from .paged_torch import paged_torch_attention
+from .paged_triton import paged_triton_attention
 from .spec import FEATURES, AttentionSpec
 
-__all__ = ["BACKENDS", "FEATURES", "AttentionSpec", "Backend", "backends_with", "causal_mask"]
+__all__ = ["BACKENDS", "FEATURES", "PAGED", "AttentionSpec", "Backend", "backends_with", "causal_mask"]
+
+#: The name :func:`backends_with` takes for paged attention (``Backend.attend_paged``), beside :data:`FEATURES`.
+PAGED = "paged"
 
 AttentionOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -46,6 +51,7 @@ class Backend:
     no_backward_on: tuple[str, ...] = ()  # device types without a backward pass
     requires: tuple[str, ...] = ()  # modules that must be importable
     device_reason: Callable[[str], str | None] | None = None  # why it cannot run on a device type (None: any)
+    paged: Callable[..., AttentionOutput] | None = None  # paged(q, key_pages, value_pages, block_table, kv_lens, spec)
 
     def __call__(
         self,
@@ -60,6 +66,7 @@ class Backend:
         sinks: torch.Tensor | None = None,
         alibi_slopes: torch.Tensor | None = None,
         seq_lens: torch.Tensor | list[int] | tuple[int, ...] | None = None,
+        kv_lens: torch.Tensor | None = None,
         return_lse: bool = False,
         dropout_p: float = 0.0,
     ) -> AttentionOutput:
@@ -71,6 +78,7 @@ class Backend:
             sinks=sinks,
             alibi_slopes=alibi_slopes,
             seq_lens=seq_lens,
+            kv_lens=kv_lens,
             return_lse=return_lse,
             dropout_p=dropout_p,
         )
@@ -90,6 +98,34 @@ class Backend:
                 f"{', '.join(self.tuning) or 'none'}"
             )
         return self.fn(q, k, v, spec, **extras)
+
+    def attend_paged(
+        self,
+        q: torch.Tensor,
+        key_pages: torch.Tensor,
+        value_pages: torch.Tensor,
+        block_table: torch.Tensor,
+        kv_lens: torch.Tensor,
+        spec: AttentionSpec,
+        **extras,
+    ) -> AttentionOutput:
+        """Attention of q (b, h, t_q, d) over a paged KV cache (see :mod:`attnlab.backends.paged_torch`).
+
+        ``key_pages``/``value_pages`` (num_blocks, h_kv, block_size, d), ``block_table`` int (b, max_blocks),
+        ``kv_lens`` int (b,); forward only. ``extras``: the paged function's keywords (``check_values=False``
+        skips the checks that read the table and lengths, a device sync). Backends without paged attention
+        raise ``ValueError`` naming those with it.
+        """
+        if self.paged is None:
+            raise ValueError(
+                f"the {self.name} backend has no paged attention; backends that do: {', '.join(backends_with(PAGED))}"
+            )
+        if extras and (unknown := sorted(set(extras) - set(_keyword_only(self.paged)))):
+            raise ValueError(
+                f"the {self.name} backend's paged attention takes no {', '.join(unknown)}; its keywords: "
+                f"{', '.join(_keyword_only(self.paged)) or 'none'}"
+            )
+        return self.paged(q, key_pages, value_pages, block_table, kv_lens, spec, **extras)
 
     @property
     def tuning(self) -> tuple[str, ...]:
@@ -127,7 +163,9 @@ def _keyword_only(fn: Callable[..., AttentionOutput]) -> tuple[str, ...]:
 
 
 def backends_with(feature: str) -> list[str]:
-    """Names of the registered backends that do ``feature`` (a name from :data:`FEATURES`)."""
+    """Names of the registered backends that do ``feature`` (a name from :data:`FEATURES`, or :data:`PAGED`)."""
+    if feature == PAGED:
+        return [name for name, backend in BACKENDS.items() if backend.paged is not None]
     if feature not in FEATURES:
         raise ValueError(f"unknown attention feature {feature!r}; known: {', '.join(FEATURES)}")
     return [name for name, backend in BACKENDS.items() if feature in backend.features]
@@ -158,6 +196,7 @@ BACKENDS: dict[str, Backend] = {
         flash_torch.flash_torch_attention,
         "FlashAttention-2 in plain PyTorch: tiled online softmax, recomputing backward",
         flash_torch.FEATURES,
+        paged=paged_torch_attention,
     ),
     "flash_triton": Backend(
         "flash_triton",
@@ -166,6 +205,7 @@ BACKENDS: dict[str, Backend] = {
         flash_triton.FEATURES,
         requires=("triton",),
         device_reason=flash_triton.unsupported_device_reason,
+        paged=paged_triton_attention,
     ),
     "flash_decode_torch": Backend(
         "flash_decode_torch",
@@ -173,6 +213,7 @@ BACKENDS: dict[str, Backend] = {
         "split-KV decoding (flash-decoding) in plain PyTorch: key chunks in parallel, merged on the lse",
         flash_decode_torch.FEATURES,
         no_backward_on=flash_decode_torch.ALL_DEVICE_TYPES,
+        paged=paged_torch_attention,
     ),
     "flash_decode_triton": Backend(
         "flash_decode_triton",
@@ -181,5 +222,6 @@ BACKENDS: dict[str, Backend] = {
         flash_decode_triton.FEATURES,
         no_backward_on=flash_decode_torch.ALL_DEVICE_TYPES,
         requires=("triton",),
+        paged=paged_triton_attention,
     ),
 }

@@ -17,13 +17,21 @@ Flash-decoding also cuts the *keys* of each sequence into ``num_splits`` chunks,
 of ``w`` keys reads ``w + t_q - 1`` keys, not the whole history (the chunks outside the window are never
 made). A chunk is masked only when some row's interval does not cover the whole union (never for ``t_q = 1``).
 
+**Per-row lengths** (``kv_lens``, flash-decoding's ``cache_seqlens``): each batch row has its own number of
+keys, so its own intervals (computed on the device, never read back to the host). The splits then cut the
+whole buffer of ``t_k`` keys, the same chunks for every row, and every chunk is masked by its row's
+intervals: a split that starts at or past a row's length sees no key of it, gives ``lse_s = -inf`` and
+weight 0 in the merge, so it contributes nothing (the kernels skip its key blocks altogether).
+
 **GQA.** The ``group = h // h_kv`` query heads that share a key/value head are rows of one tile: row
 ``g * t_q + i`` holds query ``i`` of the group's head ``g``. Each key/value head is read once for its whole
 group, never repeated.
 
-**Number of splits** (:func:`default_num_splits`): enough (key/value head, split) pairs to fill the device,
-``2 x`` the CUDA SM count (or the CPU threads) divided by ``b * h_kv``, but no chunk shorter than
-:data:`MIN_CHUNK` keys (a shorter chunk costs more in its partial output and merge than it saves). A
+**Number of splits** (:func:`default_num_splits`), from the length and the device: enough (key/value head,
+split) pairs to fill the device, ``2 x`` the CUDA SM count (or the CPU threads) divided by ``b * h_kv``, but
+no chunk shorter than :data:`MIN_CHUNK` keys (a shorter chunk costs more in its partial output and merge
+than it saves). The length is the keys the splits cut: the union of the rows' intervals, or with ``kv_lens``
+the buffer's ``t_k`` (the longest a row can be, known without reading the lengths back from the device). A
 ``num_splits=`` keyword (``Backend.attend(q, k, v, spec, num_splits=4)``) overrides it; it is clamped to
 one chunk per key (per key block in the kernels).
 
@@ -43,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import key_bounds
+from .common import key_bounds, zero_past_kv_lens
 from .spec import AttentionSpec
 
 __all__ = [
@@ -56,13 +64,14 @@ __all__ = [
     "check_num_queries",
     "default_num_splits",
     "flash_decode_torch_attention",
+    "keys_to_split",
     "merge_splits",
     "split_plan",
 ]
 
 #: The optional features of :class:`AttentionSpec` this backend does (not packed sequences: they are a
 #: prefill layout; not dropout: decoding is inference).
-FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "return_lse"})
+FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "kv_lens", "return_lse"})
 
 #: Most queries per call: decoding, or speculative decoding's few drafted tokens. A prefill of more is
 #: FlashAttention's job (``flash_torch``), whose query blocks already give the device enough programs.
@@ -109,6 +118,16 @@ def default_num_splits(n_keys: int, kv_heads: int, device: torch.device) -> int:
     return max(1, min(wanted, n_keys // MIN_CHUNK))
 
 
+def keys_to_split(t_q: int, t_k: int, spec: AttentionSpec) -> int:
+    """How many keys the splits cut (what :func:`default_num_splits` divides): the union of the rows' intervals
+    (a window's few keys, not the whole history), or the buffer's ``t_k`` with ``kv_lens`` (not read back)."""
+    if spec.kv_lens is not None:
+        return t_k
+    lo, hi = key_bounds(t_q, t_k, spec)  # (t_q,) each, CPU
+    has_key = hi >= lo  # (t_q,)
+    return int(hi[has_key].max() - lo[has_key].min() + 1) if bool(has_key.any()) else 0
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(a // -b)
 
@@ -124,7 +143,8 @@ class SplitPlan:
 
     ``num_splits`` chunks cover keys ``[start, start + n_keys)``, the union of every row's interval; ``lo``,
     ``hi`` (t_q,) int64 on the CPU are the rows' own intervals (``hi < lo``: a row that sees no key);
-    ``masked``: whether some row sees less than the union (the chunks then need the interval mask).
+    ``masked``: whether some row sees less than the union (the chunks then need the interval mask). With
+    ``kv_lens``, ``lo`` and ``hi`` are (b, t_q) on the lengths' device and the chunks cover all ``t_k`` keys.
     """
 
     start: int
@@ -140,9 +160,14 @@ def split_plan(t_q: int, t_k: int, spec: AttentionSpec, num_splits: int, block: 
     """Cut the keys some query sees into at most ``num_splits`` chunks whose lengths are multiples of ``block``.
 
     More splits than blocks of keys are clamped (one block each at most); with no visible key at all the
-    plan has no split.
+    plan has no split. With ``spec.kv_lens`` the chunks cut the whole buffer ``[0, t_k)``, always masked.
     """
     _check_num_splits(num_splits)
+    if spec.kv_lens is not None:  # per-row intervals stay on the device; the chunks cover the buffer
+        lo, hi = key_bounds(t_q, t_k, spec, spec.kv_lens.device)  # (b, t_q) each
+        splits = min(num_splits, _cdiv(t_k, block))
+        chunk = _cdiv(_cdiv(t_k, splits), block) * block
+        return SplitPlan(0, t_k, chunk, _cdiv(t_k, chunk), lo, hi, True)
     lo, hi = key_bounds(t_q, t_k, spec)  # (t_q,) each
     has_key = hi >= lo  # (t_q,)
     if not bool(has_key.any()):
@@ -180,10 +205,20 @@ def merge_splits(
 @dataclass(frozen=True, eq=False)
 class _ChunkBias:
     """What the scores of one run of chunks add, the same for every key/value head: the interval mask
-    (0 / -inf, or None) and ALiBi's ``|p_i - j|`` (or None), both (S, R, chunk) over the packed rows."""
+    (0 / -inf, or None) and ALiBi's ``|p_i - j|`` (or None), both (S, R, chunk) over the packed rows; with
+    ``kv_lens`` (``per_row``) both are (b, S, R, chunk), one per batch row."""
 
     mask: torch.Tensor | None
     distance: torch.Tensor | None
+    per_row: bool = False
+
+    def for_batch_row(self, r: int) -> _ChunkBias:
+        """The (S, R, chunk) bias of batch row ``r``."""
+        if not self.per_row:
+            return self
+        return _ChunkBias(
+            None if self.mask is None else self.mask[r], None if self.distance is None else self.distance[r]
+        )
 
 
 def _chunk_bias(
@@ -197,20 +232,24 @@ def _chunk_bias(
     device: torch.device,
 ) -> _ChunkBias:
     """The bias of a run of ``(first, splits, length)``: ``splits`` chunks of ``length`` keys from key ``first``,
-    over the packed rows ``g * t_q + i``, built on the CPU and moved to ``device``."""
+    over the packed rows ``g * t_q + i``, built where the plan's bounds are (the CPU, or with kv_lens their
+    device) and moved to ``device``. With kv_lens every tensor has a leading batch axis (b, ...)."""
     first, splits, length = run
-    keys = first + torch.arange(splits * length).view(splits, 1, length)  # (S, 1, chunk) key positions
-    rows_lo = plan.lo.repeat(group).view(1, -1, 1)  # (1, R, 1): row g * t_q + i has query i's interval
-    rows_hi = plan.hi.repeat(group).view(1, -1, 1)  # (1, R, 1)
+    where = plan.lo.device
+    keys = first + torch.arange(splits * length, device=where).view(splits, 1, length)  # (S, 1, chunk) positions
+    # Row g * t_q + i has query i's interval: (1, R, 1), or (b, 1, R, 1) per batch row with kv_lens.
+    rows_lo = plan.lo.tile(group).unsqueeze(-2).unsqueeze(-1)
+    rows_hi = plan.hi.tile(group).unsqueeze(-2).unsqueeze(-1)
     mask = None
     if plan.masked:
-        hidden = (keys < rows_lo) | (keys > rows_hi)  # (S, R, chunk)
-        mask = torch.zeros(hidden.shape, dtype=dtype).masked_fill_(hidden, float("-inf")).to(device)
+        hidden = (keys < rows_lo) | (keys > rows_hi)  # (S, R, chunk) or (b, S, R, chunk)
+        mask = torch.zeros(hidden.shape, dtype=dtype, device=where).masked_fill_(hidden, float("-inf")).to(device)
     distance = None
     if spec.alibi_slopes is not None:
-        query_pos = (torch.arange(t_q) + (t_k - t_q)).repeat(group).view(1, -1, 1)  # (1, R, 1)
-        distance = (query_pos - keys).abs().to(device=device, dtype=dtype)  # (S, R, chunk)
-    return _ChunkBias(mask, distance)
+        n_keys = t_k if spec.kv_lens is None else spec.kv_lens.to(where).view(-1, 1)  # int, or (b, 1) per row
+        query_pos = (torch.arange(t_q, device=where) + (n_keys - t_q)).tile(group)  # (R,) or (b, R)
+        distance = (query_pos.unsqueeze(-2).unsqueeze(-1) - keys).abs().to(device=device, dtype=dtype)
+    return _ChunkBias(mask, distance, per_row=spec.kv_lens is not None)  # (S, R, chunk) or (b, S, R, chunk) each
 
 
 def _split_attention(
@@ -262,13 +301,14 @@ def flash_decode_torch_attention(
     rows = group * t_q  # R packed rows per key/value head
     heads = b * h_kv
     if num_splits is None:
-        num_splits = default_num_splits(t_k, heads, q.device)
+        num_splits = default_num_splits(keys_to_split(t_q, t_k, spec), heads, q.device)
     plan = split_plan(t_q, t_k, spec, num_splits)
     if plan.num_splits == 0 or heads * rows == 0:  # nobody sees a key (or nothing to compute)
         out = q.new_zeros(q.shape)  # (b, h, t_q, d)
         lse = torch.full((b, h, t_q), float("-inf"), dtype=acc_dtype, device=q.device)  # (b, h, t_q)
         return (out, lse) if spec.return_lse else out
 
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # unwritten slots: zeros, not NaN
     # Rows g * t_q + i of key/value head (b, kv): query i of query head kv * group + g, pre-scaled.
     q_rows = q.to(acc_dtype).reshape(heads, rows, head_dim) * spec.scale_for(head_dim)  # (b*h_kv, R, d)
     neg_slopes = None
@@ -289,7 +329,8 @@ def flash_decode_torch_attention(
         k_head, v_head = k[head // h_kv, head % h_kv], v[head // h_kv, head % h_kv]  # (t_k, d) views
         slopes = None if neg_slopes is None else neg_slopes[head % h_kv]  # (R, 1)
         split = 0
-        for (first, splits, length), bias in zip(runs, biases, strict=True):
+        for (first, splits, length), run_bias in zip(runs, biases, strict=True):
+            bias = run_bias.for_batch_row(head // h_kv)  # (S, R, chunk) mask and distances
             keys = k_head[first : first + splits * length].unflatten(0, (splits, length))  # (S, chunk, d) view
             values = v_head[first : first + splits * length].unflatten(0, (splits, length))  # (S, chunk, d)
             o_s, lse_s = _split_attention(

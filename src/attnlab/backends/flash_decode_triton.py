@@ -5,7 +5,8 @@ split kernel runs one program per (key/value head, chunk of keys, block of packe
 kernel one per packed row (kernels in :mod:`attnlab.kernels.flash_decode`). The same plan decides which keys
 each split reads (:func:`~attnlab.backends.flash_decode_torch.split_plan`, chunks of whole key blocks), the
 same heuristic how many splits (:func:`~attnlab.backends.flash_decode_torch.default_num_splits`, overridden
-by ``num_splits=``). GQA/MQA, sliding windows, softcap, ALiBi, sinks and the returned lse; at most
+by ``num_splits=``). GQA/MQA, sliding windows, per-row key lengths ``kv_lens`` (``cache_seqlens``: each program
+loads its row's length; splits past it run no step), softcap, ALiBi, sinks and the returned lse; at most
 :data:`~attnlab.backends.flash_decode_torch.MAX_QUERIES` queries; float16, bfloat16 and float32 (true float32
 products); head dims up to 256. Inputs that require grad (with grad enabled) are refused: no backward.
 
@@ -17,14 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from .flash_decode_torch import check_forward_only, check_num_queries, default_num_splits, split_plan
+from .flash_decode_torch import check_forward_only, check_num_queries, default_num_splits, keys_to_split, split_plan
 from .flash_triton import check_kernel_inputs
 from .spec import AttentionSpec
 
 __all__ = ["FEATURES", "flash_decode_triton_attention", "key_block"]
 
 #: The optional features of :class:`AttentionSpec` these kernels do (as flash_decode_torch).
-FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "return_lse"})
+FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "kv_lens", "return_lse"})
 #: Packed query rows per program at most (more rows: more row blocks in the grid).
 MAX_BLOCK_M = 64
 
@@ -56,7 +57,7 @@ def flash_decode_triton_attention(
     heads = b * h_kv
     block_n = key_block(q.device.type)
     if num_splits is None:
-        num_splits = default_num_splits(t_k, heads, q.device)
+        num_splits = default_num_splits(keys_to_split(t_q, t_k, spec), heads, q.device)
     plan = split_plan(t_q, t_k, spec, num_splits, block_n)
     out = torch.zeros_like(q, memory_format=torch.contiguous_format)  # (b, h, t_q, d)
     lse = torch.full((b, h, t_q), float("-inf"), dtype=torch.float32, device=q.device)  # (b, h, t_q)
@@ -76,15 +77,16 @@ def flash_decode_triton_attention(
     block_d = max(16, triton.next_power_of_2(head_dim))
     sinks = None if spec.sinks is None else spec.sinks.detach()
     slopes = None if spec.alibi_slopes is None else spec.alibi_slopes.detach()
+    kv_lens = None if spec.kv_lens is None else spec.kv_lens.to(torch.int32).contiguous()  # (b,)
     flash_decode_split_kernel[(heads, splits, triton.cdiv(rows, block_m))](
-        q, k, v, partial_out, partial_lse, slopes,
+        q, k, v, partial_out, partial_lse, slopes, kv_lens,
         *_strides(q), *_strides(k), *_strides(v),
         h_kv, t_q, t_k, rows, splits, plan.start, plan.start + plan.n_keys, plan.chunk,
         spec.scale_for(head_dim), 1.0 if spec.softcap is None else float(spec.softcap),
         0 if spec.window is None else spec.window,
-        CAUSAL=spec.causal, WINDOW=spec.window is not None, SOFTCAP=spec.softcap is not None,
-        ALIBI=slopes is not None, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m,
-        BLOCK_N=block_n, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        CAUSAL=spec.causal, WINDOW=spec.window is not None, KV_LENS=kv_lens is not None,
+        SOFTCAP=spec.softcap is not None, ALIBI=slopes is not None, GROUP=group, HEAD_DIM=head_dim,
+        BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4 if q.device.type == "cuda" else 1, num_stages=2 if q.device.type == "cuda" else 1,
     )  # fmt: skip
     flash_decode_reduce_kernel[(heads * rows,)](

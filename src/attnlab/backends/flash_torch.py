@@ -12,7 +12,9 @@ sequences) gives query ``i`` one interval of keys ``lo[i] <= j <= hi[i]`` (:func
 row's interval (plain matmul, no mask), and the ``masked`` tiles, which some row sees only in part (an
 additive 0 / -inf mask). Tiles no row sees are never visited, so a window of ``w`` keys costs ``t * w``
 work instead of ``t^2``, and packed sequences cost ``sum t_i^2``. The forward walks the two lists as two
-phases, named as in the kernels.
+phases, named as in the kernels. With per-row key lengths (``kv_lens``) every batch row has its own
+intervals (its queries end at its own last key), so its own plan: the heads are then grouped within a batch
+row, and a row's tiles past its length are never visited (their ``dk``, ``dv`` stay zero).
 
 **Scores** follow the spec: ``s = (scale q) k^T``; the softcap ``c * tanh(s / c)``; ALiBi ``- slope * |p_i - j|``;
 then the mask. A **sink** is one more logit in each row's denominator: after the loop,
@@ -50,7 +52,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import key_bounds
+from .common import key_bounds, zero_past_kv_lens
 from .spec import AttentionSpec
 
 __all__ = [
@@ -66,7 +68,9 @@ __all__ = [
 ]
 
 #: The optional features of :class:`AttentionSpec` this backend does (the registry refuses the others).
-FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse"})
+FEATURES: frozenset[str] = frozenset(
+    {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "kv_lens", "return_lse"}
+)
 
 #: Default query and key block size. On a CPU, 128 x 128 tiles batched over a group of heads keep the
 #: matmuls large while a group's working set stays near L2; see docs/flash-notes.md for the measurements.
@@ -145,8 +149,12 @@ def _per_block(values: torch.Tensor, pad_value: int, block: int, largest: bool) 
     return (padded.amax(dim=1) if largest else padded.amin(dim=1)).tolist()
 
 
-def tile_plan(t_q: int, t_k: int, spec: AttentionSpec, block_m: int, block_n: int) -> TilePlan:
+def tile_plan(
+    t_q: int, t_k: int, spec: AttentionSpec, block_m: int, block_n: int, batch_row: int | None = None
+) -> TilePlan:
     """Which key tiles each query block visits, and which of those need a mask (see the module docstring).
+
+    With ``spec.kv_lens`` the intervals differ per batch row: ``batch_row`` says whose plan to make.
 
     A block visits the tiles from the one holding the first key any of its rows sees to the one holding
     the last (under causal, window and packing alike, a block's rows together see one contiguous run of
@@ -155,7 +163,11 @@ def tile_plan(t_q: int, t_k: int, spec: AttentionSpec, block_m: int, block_n: in
     """
     check_block_size("block_m", block_m)
     check_block_size("block_n", block_n)
-    lo, hi = key_bounds(t_q, t_k, spec)  # (t_q,) each, CPU
+    lo, hi = key_bounds(t_q, t_k, spec, "cpu")  # (t_q,) each, or (b, t_q) with kv_lens
+    if lo.dim() == 2:  # per-row key lengths: this batch row's intervals
+        if batch_row is None:
+            raise ValueError("tile_plan with kv_lens needs batch_row: every batch row has its own plan")
+        lo, hi = lo[batch_row], hi[batch_row]  # (t_q,) each
     has_key = hi >= lo  # (t_q,)
     lo_or_end = torch.where(has_key, lo, t_k)  # (t_q,); a row without keys constrains nothing below...
     hi_or_none = torch.where(has_key, hi, -1)  # (t_q,); ...and nothing above
@@ -319,17 +331,25 @@ class _Layout:
     scale: float
     acc_dtype: torch.dtype
     in_dtype: torch.dtype
-    plan: TilePlan
-    scores: _Scores
+    plans: tuple[TilePlan, ...]  # one shared by every batch row, or one per batch row (kv_lens)
+    scores: tuple[_Scores, ...]  # the same: the score options (masks, ALiBi positions) of each plan
 
     @property
     def group(self) -> int:
         """Query heads per key/value head (GQA); 1 without GQA."""
         return self.h // self.h_kv
 
-    def head_groups(self) -> list[slice]:
-        """The key/value heads that go through each tile's matmuls together."""
-        return _head_groups(self.b * self.h_kv, self.block_m * self.group, self.block_n)
+    def head_groups(self) -> list[tuple[slice, TilePlan, _Scores]]:
+        """The key/value heads (of the b*h_kv) that go through each tile's matmuls together, with their plan and
+        score options. With one plan per batch row (kv_lens), a group never spans two batch rows."""
+        rows, heads_per_plan = self.block_m * self.group, self.b * self.h_kv // len(self.plans)
+        groups = []
+        for r, (plan, scores) in enumerate(zip(self.plans, self.scores, strict=True)):
+            first = r * heads_per_plan  # this plan's first key/value head
+            for heads in _head_groups(heads_per_plan, rows, self.block_n):
+                heads = slice(first + heads.start, first + heads.stop)
+                groups.append((heads, plan, scores.for_heads(heads)))
+        return groups
 
     def rows(self, m: int) -> tuple[int, int, slice]:
         """Query block ``m``: its first and end query ``i0, i1`` and its packed rows."""
@@ -355,17 +375,27 @@ def _layout(q: torch.Tensor, k: torch.Tensor, spec: AttentionSpec, block_m: int,
     h_kv, t_k = k.shape[1], k.shape[2]
     group = h // h_kv
     acc_dtype = _accumulator_dtype(q.dtype)
-    plan = tile_plan(t_q, t_k, spec, block_m, block_n)
-    scores = _Scores(_MaskTiles(plan, group, acc_dtype, q.device), group, spec.softcap)
+    # One plan for all batch rows, or with kv_lens one per row, whose queries end at its own last key.
+    row_keys = [t_k] if spec.kv_lens is None else spec.kv_lens.tolist()  # keys per plan
+    plans = tuple(
+        tile_plan(t_q, t_k, spec, block_m, block_n, None if spec.kv_lens is None else r) for r in range(len(row_keys))
+    )
+    neg_slopes = key_pos = None
     if spec.alibi_slopes is not None:
         slopes = spec.alibi_slopes.detach().to(acc_dtype).view(1, h_kv, 1, group, 1)  # (1, h_kv, 1, group, 1)
         neg_slopes = (-slopes).expand(b, h_kv, 1, group, 1).reshape(b * h_kv, 1, group, 1)  # (b*h_kv, 1, group, 1)
-        query_pos = (torch.arange(t_q, device=q.device) + (t_k - t_q)).to(acc_dtype).unsqueeze(1)  # (t_q, 1)
         key_pos = torch.arange(t_k, device=q.device).to(acc_dtype).unsqueeze(0)  # (1, t_k)
-        scores = _Scores(scores.masks, group, spec.softcap, neg_slopes, query_pos, key_pos)
+    scores = []
+    for plan, n_keys in zip(plans, row_keys, strict=True):
+        query_pos = None
+        if spec.alibi_slopes is not None:  # positions aligned bottom-right to the plan's keys
+            query_pos = (torch.arange(t_q, device=q.device) + (n_keys - t_q)).to(acc_dtype).unsqueeze(1)  # (t_q, 1)
+        masks = _MaskTiles(plan, group, acc_dtype, q.device)
+        scores.append(_Scores(masks, group, spec.softcap, neg_slopes, query_pos, key_pos))
     return _Layout(
-        b, h, h_kv, t_q, t_k, head_dim, block_m, block_n, spec.scale_for(head_dim), acc_dtype, q.dtype, plan, scores
-    )
+        b, h, h_kv, t_q, t_k, head_dim, block_m, block_n, spec.scale_for(head_dim), acc_dtype, q.dtype, plans,
+        tuple(scores),
+    )  # fmt: skip
 
 
 # -- forward ----------------------------------------------------------------------------------------------
@@ -378,15 +408,17 @@ def _forward(
     lay = layout
     kv_heads = lay.b * lay.h_kv
     q_all = _pack_queries(q, lay.h_kv, lay.acc_dtype, lay.scale)  # (b*h_kv, t_q*group, d), softmax scale folded in
+    # A masked tile that straddles a row's length reads keys past it: zeros there, not an unwritten slot's NaN.
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # (b, h_kv, t_k, d) each
     k_all = k.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     v_all = v.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     out = torch.empty(kv_heads, lay.t_q * lay.group, lay.head_dim, dtype=q.dtype, device=q.device)  # packed rows
     lse = torch.empty(kv_heads, lay.t_q * lay.group, dtype=lay.acc_dtype, device=q.device)  # (b*h_kv, t_q*group)
     sinks = None if spec.sinks is None else lay.per_row(spec.sinks.detach())  # (b*h_kv, t_q*group)
-    for heads in lay.head_groups():
+    for heads, plan, scores in lay.head_groups():
         _forward_heads(
             q_all[heads], k_all[heads], v_all[heads], out[heads], lse[heads],
-            None if sinks is None else sinks[heads], lay, lay.scores.for_heads(heads),
+            None if sinks is None else sinks[heads], lay, plan, scores,
         )  # fmt: skip
     return _unpack_queries(out, lay.b, lay.h, lay.h_kv), _unpack_queries(lse, lay.b, lay.h, lay.h_kv)
 
@@ -399,12 +431,12 @@ def _forward_heads(
     lse: torch.Tensor,
     sinks: torch.Tensor | None,
     lay: _Layout,
+    plan: TilePlan,
     scores: _Scores,
 ) -> None:
     """The forward for one group of key/value heads: q_all (g, t_q*group, d) pre-scaled, k_all, v_all (g, t_k, d);
     fills out (g, t_q*group, d) and lse (g, t_q*group). ``sinks`` (g, t_q*group): each packed row's sink logit."""
     g, _, head_dim = q_all.shape
-    plan = lay.plan
     for m in range(len(plan.unmasked)):
         i0, i1, rows = lay.rows(m)
         q_blk = q_all[:, rows]  # (g, R, d), R = group * (i1 - i0) packed query rows
@@ -504,6 +536,7 @@ def _dkdv_pass(
     dk: torch.Tensor,
     dv: torch.Tensor,
     lay: _Layout,
+    plan: TilePlan,
     scores: _Scores,
 ) -> None:
     """Per key tile, over the query blocks that see it: fills dk and dv (g, t_k, d) and adds to dq (g, t_q*group, d).
@@ -514,7 +547,6 @@ def _dkdv_pass(
     head of the group, so the ``dscores^T q`` and ``probs^T dO`` products sum over the group: GQA's dk/dv
     accumulation, with no repeated keys.
     """
-    plan = lay.plan
     for n, j0 in enumerate(range(0, lay.t_k, lay.block_n)):
         j1, keys = lay.keys(j0)
         k_tile, v_tile = k_all[:, keys], v_all[:, keys]  # (g, bn, d) each
@@ -552,6 +584,8 @@ def _backward(
     q_all = _pack_queries(q, lay.h_kv, lay.acc_dtype, lay.scale)  # (b*h_kv, t_q*group, d), pre-scaled
     do_all = _pack_queries(dout, lay.h_kv, lay.acc_dtype)  # (b*h_kv, t_q*group, d)
     out_all = _pack_queries(out, lay.h_kv, lay.acc_dtype)  # (b*h_kv, t_q*group, d)
+    # A masked tile that straddles a row's length reads keys past it: zeros there, not an unwritten slot's NaN.
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # (b, h_kv, t_k, d) each
     k_all = k.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     v_all = v.reshape(kv_heads, lay.t_k, lay.head_dim).to(lay.acc_dtype)  # (b*h_kv, t_k, d)
     sinks = None if spec.sinks is None else lay.per_row(spec.sinks.detach())  # (b*h_kv, t_q*group)
@@ -562,10 +596,9 @@ def _backward(
     dq = torch.zeros_like(q_all)  # (b*h_kv, t_q*group, d), accumulated over key tiles
     dk = torch.empty_like(k_all)  # (b*h_kv, t_k, d)
     dv = torch.empty_like(v_all)  # (b*h_kv, t_k, d)
-    for heads in lay.head_groups():
-        scores = lay.scores.for_heads(heads)
+    for heads, plan, scores in lay.head_groups():
         inputs = (q_all[heads], k_all[heads], v_all[heads], do_all[heads], normaliser[heads], delta[heads])
-        _dkdv_pass(*inputs, dq[heads], dk[heads], dv[heads], lay, scores)
+        _dkdv_pass(*inputs, dq[heads], dk[heads], dv[heads], lay, plan, scores)
     dq.mul_(lay.scale)  # S = (scale q) k^T, so dq = scale dS k
     dsinks = None
     if dsinks_rows is not None:  # sum over batch and queries: (b, h_kv, t_q, group) -> (h,)

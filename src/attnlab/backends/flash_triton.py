@@ -8,6 +8,7 @@ and float32 (float32 with true float32 products, not tf32).
 Every option of :class:`AttentionSpec` but dropout, forward and backward, in any combination: GQA/MQA
 (a key/value head serves its query group, nothing repeated), sliding windows and packed sequences (the
 kernels visit only the key tiles a query block can see, so work grows as ``t * window`` and ``sum t_i^2``),
+per-row key lengths ``kv_lens`` (each program loads its row's length, which then plays ``t_k``'s part),
 softcap, ALiBi, sinks (with their gradient) and the returned lse (with its gradient). Each is a
 compile-time flag of the kernels (:class:`attnlab.kernels.features.KernelFeatures`): a call without it
 runs a kernel compiled without it. ALiBi slopes are constants here: slopes that require grad are refused.
@@ -39,7 +40,9 @@ __all__ = [
 ]
 
 #: The optional features of :class:`AttentionSpec` these kernels do (the registry refuses the others: dropout).
-FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse"})
+FEATURES: frozenset[str] = frozenset(
+    {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "kv_lens", "return_lse"}
+)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 

@@ -7,6 +7,9 @@ kernel:
   windows and packed sequences (a per-token sequence id tensor, captured by the function) are mask_mods.
   ``create_block_mask`` evaluates it once per block of 128 x 128 to find the blocks it can skip; that costs
   a pass over every block, so the block mask is built once per (visibility rule, lengths, device) and cached.
+  Per-row key lengths (``kv_lens``, a (b,) tensor captured by the mask_mod) hide the keys past each row's
+  length and move its queries' positions to ``q_idx + kv_lens[b] - t_q``; that block mask has a batch axis
+  and depends on the lengths' values, so it is built for every call (as a KV cache's lengths change every step).
 - a ``score_mod(score, b, h, q_idx, kv_idx) -> score`` changes one (already scaled) score: the softcap
   ``c * tanh(s / c)`` and then ALiBi's ``- slope_h * |p_i - j|`` (the slopes tensor captured).
 
@@ -39,7 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["FEATURES", "apply_sinks", "flex_attention_backend"]
 
 #: The optional features of :class:`AttentionSpec` this backend does (the registry refuses the others).
-FEATURES: frozenset[str] = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse"})
+FEATURES: frozenset[str] = frozenset(
+    {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "kv_lens", "return_lse"}
+)
 
 ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -60,7 +65,7 @@ def _compiled_flex_attention(device_type: str) -> Callable[..., torch.Tensor | t
 
 def _has_visibility_rule(spec: AttentionSpec) -> bool:
     """Whether some key is hidden from some query (else FlexAttention needs no block mask)."""
-    return spec.causal or spec.window is not None or spec.seq_lens is not None
+    return spec.causal or spec.window is not None or spec.seq_lens is not None or spec.kv_lens is not None
 
 
 @functools.lru_cache(maxsize=32)
@@ -96,11 +101,33 @@ def _block_mask(
     return create_block_mask(and_masks(*rules), B=None, H=None, Q_LEN=t_q, KV_LEN=t_k, device=device)
 
 
+def _kv_lens_block_mask(t_q: int, t_k: int, spec: AttentionSpec, device: torch.device) -> BlockMask:
+    """The block mask with per-row key lengths: row ``b`` sees keys ``< kv_lens[b]``, its query ``i`` sitting at
+    ``i + kv_lens[b] - t_q``; causal and window as usual from there. Built per call (the lengths change)."""
+    from torch.nn.attention.flex_attention import and_masks, create_block_mask
+
+    lengths = spec.kv_lens.to(torch.int64)  # (b,), captured: one compiled mask for every set of lengths
+    window_size = torch.tensor(spec.window if spec.window is not None else 0, device=device)  # () see _block_mask
+
+    def within_row(b, h, q_idx, kv_idx):
+        return kv_idx < lengths[b]
+
+    def causal_rule(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + lengths[b] - t_q
+
+    def window_rule(b, h, q_idx, kv_idx):
+        return kv_idx > q_idx + lengths[b] - t_q - window_size
+
+    rules = [within_row] + ([causal_rule] if spec.causal else []) + ([window_rule] if spec.window is not None else [])
+    return create_block_mask(and_masks(*rules), B=lengths.shape[0], H=None, Q_LEN=t_q, KV_LEN=t_k, device=str(device))
+
+
 def _score_mod(spec: AttentionSpec, t_q: int, t_k: int, device: torch.device) -> ScoreMod | None:
     """Softcap, then ALiBi, on one scaled score; None when the spec asks for neither."""
     if spec.softcap is None and spec.alibi_slopes is None:
         return None
-    offset = t_k - t_q
+    offset = t_k - t_q  # query i sits at i + offset; with kv_lens at i + row_offset[b]
+    row_offset = None if spec.kv_lens is None else spec.kv_lens.to(torch.int64) - t_q  # (b,)
     # The softcap is captured as a tensor, not a float: a second float value makes torch.compile turn it
     # symbolic, which the CPU kernel template fails to lower. A tensor is a kernel input, one compile for all.
     softcap = None if spec.softcap is None else torch.tensor(spec.softcap, device=device)  # ()
@@ -111,7 +138,8 @@ def _score_mod(spec: AttentionSpec, t_q: int, t_k: int, device: torch.device) ->
             cap = softcap.to(score.dtype)
             score = cap * torch.tanh(score / cap)
         if slopes is not None:
-            distance = (q_idx + offset - kv_idx).abs()
+            position = q_idx + (offset if row_offset is None else row_offset[b])
+            distance = (position - kv_idx).abs()
             score = score - slopes[h].to(score.dtype) * distance.to(score.dtype)
         return score
 
@@ -170,8 +198,14 @@ def flex_attention_backend(
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)  # (b, h, t_q)
         return (out, lse) if spec.return_lse else out
     block_mask = None
-    if _has_visibility_rule(spec):
+    if spec.kv_lens is not None:
+        block_mask = _kv_lens_block_mask(t_q, t_k, spec, q.device)
+    elif _has_visibility_rule(spec):
         block_mask = _block_mask(t_q, t_k, spec.causal, spec.window, spec.seq_lens, str(q.device))
+    if spec.kv_lens is not None:  # unwritten cache slots: zeros (0 * NaN would leak into the output)
+        from .common import zero_past_kv_lens
+
+        k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)
     options = {}
     if _needs_lse(spec):  # AuxRequest is recent PyTorch: imported only when the lse is asked for
         from torch.nn.attention.flex_attention import AuxRequest

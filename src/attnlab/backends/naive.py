@@ -11,13 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import alibi_distance, visible_mask
+from .common import alibi_distance, visible_mask, zero_past_kv_lens
 from .spec import AttentionSpec
 
 __all__ = ["FEATURES", "naive_attention"]
 
 #: Everything: the reference backend does every feature.
-FEATURES = frozenset({"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse", "dropout"})
+FEATURES = frozenset(
+    {"gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "kv_lens", "return_lse", "dropout"}
+)
 
 
 def naive_attention(
@@ -28,6 +30,7 @@ def naive_attention(
     t_k = k.shape[2]
     compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     group = h // k.shape[1]  # query heads per key/value head
+    k, v = zero_past_kv_lens(k, spec.kv_lens), zero_past_kv_lens(v, spec.kv_lens)  # unwritten cache slots: zeros
     keys = k.to(compute_dtype).repeat_interleave(group, dim=1)  # (b, h, t_k, d): GQA, materialised
     values = v.to(compute_dtype).repeat_interleave(group, dim=1)  # (b, h, t_k, d)
     attn_scores = q.to(compute_dtype) @ keys.transpose(-2, -1) * spec.scale_for(head_dim)  # (b, h, t_q, t_k)
@@ -35,11 +38,12 @@ def naive_attention(
         attn_scores = spec.softcap * torch.tanh(attn_scores / spec.softcap)
     if spec.alibi_slopes is not None:
         slopes = spec.alibi_slopes.to(compute_dtype).view(1, h, 1, 1)  # (1, h, 1, 1)
-        attn_scores = attn_scores - slopes * alibi_distance(t_q, t_k, q.device).to(compute_dtype)  # (b, h, t_q, t_k)
-    visible = visible_mask(t_q, t_k, spec, q.device)  # (t_q, t_k)
+        distance = alibi_distance(t_q, t_k, q.device, spec.kv_lens).to(compute_dtype)
+        attn_scores = attn_scores - slopes * distance  # (b, h, t_q, t_k)
+    visible = visible_mask(t_q, t_k, spec, q.device)  # (t_q, t_k), or (b, 1, t_q, t_k) with kv_lens
     # A row with no visible key would be softmax of all -inf = NaN, whose gradient is NaN too. Leave such
     # rows unmasked and zero their weights after the softmax instead.
-    has_key = visible.any(dim=-1, keepdim=True)  # (t_q, 1)
+    has_key = visible.any(dim=-1, keepdim=True)  # (t_q, 1) or (b, 1, t_q, 1)
     # -inf before softmax gives hidden keys exactly zero weight and keeps each row summing to one.
     masked_scores = attn_scores.masked_fill(~visible & has_key, float("-inf"))  # (b, h, t_q, t_k)
     if spec.sinks is not None:  # the sink is one more logit in the softmax, with no value behind it

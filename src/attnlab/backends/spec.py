@@ -1,7 +1,7 @@
 """One attention call, described once: :class:`AttentionSpec`, the options every backend understands.
 
 A backend is called as ``BACKENDS[name](q, k, v, *, causal=True, scale=None, window=None, softcap=None,
-sinks=None, alibi_slopes=None, seq_lens=None, return_lse=False, dropout_p=0.0)``. Those keywords become
+sinks=None, alibi_slopes=None, seq_lens=None, kv_lens=None, return_lse=False, dropout_p=0.0)``. Those keywords become
 one frozen :class:`AttentionSpec`, validated when it is built (the options) and by :meth:`AttentionSpec.check`
 (the tensors), so a multi-head layer can build its spec once and hand it to any backend.
 
@@ -17,6 +17,10 @@ Semantics (the float64 reference in :mod:`attnlab.reference` is written from the
 - **Visibility**: ``causal`` keeps keys ``j <= p_i``; a **window** ``w`` (only with ``causal``) keeps
   ``p_i - w < j <= p_i``, ``w`` keys including the query's own (Hugging Face's ``sliding_window``);
   **packed sequences** ``seq_lens`` (``t_q == t_k``) keep only keys of the query's own sequence.
+- **Per-row key lengths** ``kv_lens`` (an integer tensor ``(b,)``, ``1 <= kv_lens[r] <= t_k``): batch row ``r``
+  has only its first ``kv_lens[r]`` keys/values (the rest is padding or unwritten cache) and its queries are
+  aligned bottom-right to them, ``p_i = i + (kv_lens[r] - t_q)`` (FlashAttention's ``cache_seqlens``); every
+  rule above then uses that ``p_i`` (under ``causal`` a query with ``p_i < 0`` sees no key). Not with ``seq_lens``.
 - **Sinks** ``(h,)``: one learned logit per query head that joins the softmax denominator and adds no value
   (gpt-oss): ``out_i = sum_j e^{s_ij} v_j / (sum_j e^{s_ij} + e^{sink_h})``. It is not scaled or capped.
 - **lse** (``return_lse=True``): ``log sum_j e^{s_ij}`` over the visible keys, *without* the sink, float32
@@ -35,7 +39,9 @@ import torch
 __all__ = ["FEATURES", "MAX_SOFTCAP", "MAX_WINDOW", "AttentionSpec", "check_qkv"]
 
 #: Every optional feature, by the keyword that asks for it ("gqa" is asked for by k/v with fewer heads).
-FEATURES: tuple[str, ...] = ("gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "return_lse", "dropout")
+FEATURES: tuple[str, ...] = (
+    "gqa", "window", "softcap", "sinks", "alibi_slopes", "seq_lens", "kv_lens", "return_lse", "dropout",
+)  # fmt: skip
 
 
 #: Largest window: far beyond any sequence (a window longer than the keys is plain causal attention), small
@@ -75,6 +81,33 @@ def _normalise_seq_lens(seq_lens: object) -> tuple[int, ...]:
         if not _is_int(length) or length < 1:
             raise ValueError(f"seq_lens must hold positive ints, got {length!r} in {list(seq_lens)}")
     return tuple(seq_lens)
+
+
+def _check_kv_lens_tensor(kv_lens: object) -> None:
+    """kv_lens on its own: a 1-D integer tensor (its length, device and values are checked against q and k)."""
+    if not isinstance(kv_lens, torch.Tensor):
+        raise ValueError(
+            f"kv_lens must be a 1-D integer tensor (one length per batch row), got {type(kv_lens).__name__}"
+        )
+    if kv_lens.dim() != 1 or kv_lens.is_floating_point() or kv_lens.is_complex() or kv_lens.dtype == torch.bool:
+        raise ValueError(
+            f"kv_lens must be a 1-D integer tensor (one length per batch row), got a {kv_lens.dtype} tensor of shape "
+            f"{tuple(kv_lens.shape)}"
+        )
+
+
+def _check_kv_lens_against(kv_lens: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+    """kv_lens fits the call: (b,), on q's device, 1 <= kv_lens[r] <= t_k (values unread while compiling)."""
+    b, t_k = q.shape[0], k.shape[2]
+    if kv_lens.shape != (b,):
+        raise ValueError(f"kv_lens must have shape ({b},), one length per batch row, got {tuple(kv_lens.shape)}")
+    if kv_lens.device != q.device:
+        raise ValueError(f"kv_lens is on {kv_lens.device} but q is on {q.device}")
+    if b == 0 or torch.compiler.is_compiling():  # reading the values would break the compiled graph
+        return
+    low, high = int(kv_lens.min()), int(kv_lens.max())
+    if low < 1 or high > t_k:
+        raise ValueError(f"kv_lens must lie in [1, t_k={t_k}], got values from {low} to {high}: {kv_lens.tolist()}")
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -124,7 +157,8 @@ class AttentionSpec:
 
     Built from the backend keywords; invalid options raise ``ValueError`` naming the value. ``sinks`` and
     ``alibi_slopes`` are tensors (sinks usually a learned parameter, so its gradient flows); ``seq_lens`` is
-    stored as a tuple of ints.
+    stored as a tuple of ints; ``kv_lens`` stays a device tensor (b,) (a KV cache's lengths, never read back
+    to the host by the spec while compiling).
     """
 
     causal: bool = True
@@ -134,6 +168,7 @@ class AttentionSpec:
     sinks: torch.Tensor | None = None
     alibi_slopes: torch.Tensor | None = None
     seq_lens: tuple[int, ...] | None = None
+    kv_lens: torch.Tensor | None = None
     return_lse: bool = False
     dropout_p: float = 0.0
 
@@ -161,6 +196,13 @@ class AttentionSpec:
             raise ValueError(f"dropout_p {self.dropout_p!r} must be in [0, 1)")
         if self.seq_lens is not None:
             object.__setattr__(self, "seq_lens", _normalise_seq_lens(self.seq_lens))
+        if self.kv_lens is not None:
+            _check_kv_lens_tensor(self.kv_lens)
+            if self.seq_lens is not None:
+                raise ValueError(
+                    "kv_lens cannot be combined with seq_lens (per-row key lengths vs packed sequences in one row); "
+                    "pass one of them"
+                )
 
     # -- what the call asks for --------------------------------------------------------------------------
 
@@ -173,6 +215,7 @@ class AttentionSpec:
             "sinks": self.sinks is not None,
             "alibi_slopes": self.alibi_slopes is not None,
             "seq_lens": self.seq_lens is not None,
+            "kv_lens": self.kv_lens is not None,
             "return_lse": self.return_lse,
             "dropout": self.dropout_p > 0.0,
         }
@@ -191,6 +234,8 @@ class AttentionSpec:
                 raise ValueError(f"seq_lens packs self-attention and needs t_q == t_k, got t_q={t_q}, t_k={t_k}")
             if sum(self.seq_lens) != t_q:
                 raise ValueError(f"seq_lens {list(self.seq_lens)} sum to {sum(self.seq_lens)}, not to t={t_q} tokens")
+        if self.kv_lens is not None:
+            _check_kv_lens_against(self.kv_lens, q, k)
 
     # -- derived quantities shared by the backends ------------------------------------------------------
 

@@ -45,7 +45,8 @@ class KernelFeatures:
 
     ``causal``; ``window`` (keys a query sees, itself included) or None; ``softcap`` or None; ``sinks`` and
     ``alibi_slopes``, (h,) tensors on the inputs' device, or None; ``seq_start`` and ``seq_end``, int32 (t,)
-    from :func:`packed_sequence_bounds`, or None when nothing is packed.
+    from :func:`packed_sequence_bounds`, or None when nothing is packed; ``kv_lens``, int32 (b,) keys per batch
+    row on the inputs' device, or None.
     """
 
     causal: bool = True
@@ -55,6 +56,7 @@ class KernelFeatures:
     alibi_slopes: torch.Tensor | None = None
     seq_start: torch.Tensor | None = None
     seq_end: torch.Tensor | None = None
+    kv_lens: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.causal, bool):
@@ -80,6 +82,10 @@ class KernelFeatures:
                 raise ValueError(
                     f"seq_start {tuple(self.seq_start.shape)} and seq_end {tuple(self.seq_end.shape)} differ in shape"
                 )
+        if self.kv_lens is not None and (
+            not isinstance(self.kv_lens, torch.Tensor) or self.kv_lens.dtype != torch.int32 or self.kv_lens.dim() != 1
+        ):
+            raise ValueError(f"kv_lens must be a 1-D int32 tensor (keys per batch row) or None, got {self.kv_lens!r}")
 
     @classmethod
     def from_spec(cls, spec: AttentionSpec, device: torch.device) -> KernelFeatures:
@@ -93,6 +99,7 @@ class KernelFeatures:
             alibi_slopes=None if spec.alibi_slopes is None else spec.alibi_slopes.detach(),
             seq_start=seq_start,
             seq_end=seq_end,
+            kv_lens=None if spec.kv_lens is None else spec.kv_lens.to(torch.int32).contiguous(),
         )
 
     @property

@@ -17,7 +17,9 @@ Two passes, so that every gradient block is owned by one program and the result 
   blocks that see its keys (:func:`.tiles.query_bounds`, the same intervals transposed), accumulating
   ``dk`` and ``dv`` over the whole group.
 
-Padded query rows read ``lse = +inf``, so their probabilities are exactly zero and need no mask.
+Padded query rows read ``lse = +inf``, so their probabilities are exactly zero and need no mask. With
+``KV_LENS`` each program first loads its batch row's number of keys, which plays ``t_k``'s part from there on;
+the dkdv pass skips key blocks at or past it (the launcher zeroes dk and dv, and only keys before it are stored).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = ["flash_bwd_dkdv_kernel", "flash_bwd_dq_kernel"]
 
 @triton.jit
 def flash_bwd_dq_kernel(
-    Q, K, V, Out, DO, DQ, Lse, Delta, DeltaShift, AlibiSlopes, SeqStart, SeqEnd,
+    Q, K, V, Out, DO, DQ, Lse, Delta, DeltaShift, AlibiSlopes, SeqStart, SeqEnd, KvLens,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -44,6 +46,7 @@ def flash_bwd_dq_kernel(
     CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr,
     PACKED: tl.constexpr,
+    KV_LENS: tl.constexpr,
     SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,
     LSE_GRAD: tl.constexpr,
@@ -56,6 +59,8 @@ def flash_bwd_dq_kernel(
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     off_b, off_h, start_m = program_block(num_heads, BLOCK_M, CAUSAL)
+    if KV_LENS:  # per-row key lengths: from here on t_k is this batch row's number of keys
+        t_k = tl.load(KvLens + off_b).to(tl.int32)
     off_kv = off_h // GROUP  # GQA: the key/value head of this query head
     offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -173,7 +178,7 @@ def _dkdv_block(
 
 @triton.jit
 def flash_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, Lse, Delta, AlibiSlopes, SeqStart, SeqEnd,
+    Q, K, V, DO, DK, DV, Lse, Delta, AlibiSlopes, SeqStart, SeqEnd, KvLens,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -184,6 +189,7 @@ def flash_bwd_dkdv_kernel(
     CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr,
     PACKED: tl.constexpr,
+    KV_LENS: tl.constexpr,
     SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,
     GROUP: tl.constexpr,
@@ -196,6 +202,8 @@ def flash_bwd_dkdv_kernel(
 ):  # fmt: skip
     # Causal: the first key blocks are seen by the most queries, so the natural order is heaviest first.
     off_b, off_kv, start_n = program_block(num_kv_heads, BLOCK_N, False)
+    if KV_LENS:  # per-row key lengths: from here on t_k is this batch row's number of keys
+        t_k = tl.load(KvLens + off_b).to(tl.int32)
     offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,) this program's keys
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
     k_head = K + off_b * stride_kb + off_kv * stride_kh  # row 0 of this key head (int64 offsets)
@@ -213,6 +221,11 @@ def flash_bwd_dkdv_kernel(
     last_col = tl.minimum(start_n + BLOCK_N, t_k) - 1
     last_lo, last_hi = query_bounds(last_col, t_q, t_k, window, SeqStart, SeqEnd, CAUSAL, WINDOW, PACKED)
     m_start, unmasked_start, unmasked_end, m_end = loop_phases(first_lo, last_lo, first_hi, last_hi, t_q, BLOCK_M, True)
+    if KV_LENS:  # a key block at or past this row's length: no query sees it, no step runs (dk, dv stay zero)
+        past = start_n >= t_k
+        unmasked_start = tl.where(past, m_start, unmasked_start)
+        unmasked_end = tl.where(past, m_start, unmasked_end)
+        m_end = tl.where(past, m_start, m_end)
     HAS_LO: tl.constexpr = CAUSAL or PACKED  # queries before a key's first viewer exist
     HAS_HI: tl.constexpr = WINDOW or PACKED  # queries after its last viewer exist (padding is free)
 

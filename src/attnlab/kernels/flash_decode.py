@@ -15,7 +15,9 @@ The algorithm and names of :mod:`attnlab.backends.flash_decode_torch`, one progr
 Which keys a split reads (the union of the rows' intervals cut into chunks of whole ``BLOCK_N`` blocks) is
 decided on the host by :func:`attnlab.backends.flash_decode_torch.split_plan`; in the kernel, every key block
 is masked by each row's interval (:func:`.tiles.key_bounds`) and the chunk's end: a decoding tile has a few
-rows, and the mask is a handful of comparisons per key next to the loads.
+rows, and the mask is a handful of comparisons per key next to the loads. With ``KV_LENS`` (flash-decoding's
+``cache_seqlens``) a program first loads its batch row's number of keys, which plays ``t_k``'s part from there
+on, and ends its chunk there: a split that starts at or past it runs no step and writes ``lse = -inf``.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def flash_decode_split_kernel(
-    Q, K, V, PartialOut, PartialLse, AlibiSlopes,
+    Q, K, V, PartialOut, PartialLse, AlibiSlopes, KvLens,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     h_kv, t_q, t_k, num_rows, num_splits, key_start, key_end, chunk, sm_scale, softcap, window,
     CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr,
+    KV_LENS: tl.constexpr,
     SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,
     GROUP: tl.constexpr,
@@ -52,6 +55,8 @@ def flash_decode_split_kernel(
     off_bkv = tl.program_id(0).to(tl.int64)  # (batch, key/value head)
     split = tl.program_id(1)
     off_b, off_kv = off_bkv // h_kv, off_bkv % h_kv
+    if KV_LENS:  # per-row key lengths: from here on t_k is this batch row's number of keys
+        t_k = tl.load(KvLens + off_b).to(tl.int32)
     rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) packed rows g * t_q + i
     row_ok = rows < num_rows
     query = rows % t_q  # (BLOCK_M,) the row's query i
@@ -76,6 +81,8 @@ def flash_decode_split_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # running sum of exp2(score - m_i) * v
     split_start = key_start + split * chunk
     split_end = tl.minimum(split_start + chunk, key_end)
+    if KV_LENS:  # no key at or past the row's length (a split past it runs no step)
+        split_end = tl.minimum(split_end, t_k)
     for start_n in range(split_start, split_end, BLOCK_N):
         cols = start_n + offs_n  # (BLOCK_N,)
         col_ok = cols < split_end

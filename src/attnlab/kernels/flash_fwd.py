@@ -3,7 +3,8 @@
 The program keeps its ``BLOCK_M`` query rows in registers and streams key/value blocks past them with
 the online softmax of :mod:`attnlab.backends.flash_torch` (same names: ``m_i``, ``l_i``, ``acc``,
 ``attn_scores``, ``probs``). Row ``i`` sees the keys ``k_lo[i] <= j <= k_hi[i]`` (:func:`.tiles.key_bounds`:
-causal, window and packed sequences as one interval), so the loop visits only the key blocks between the
+causal, window and packed sequences as one interval; with ``KV_LENS`` the program first loads its batch row's
+number of keys, which then plays ``t_k``'s part everywhere), so the loop visits only the key blocks between the
 first row's ``lo`` and the last row's ``hi`` (a window's work grows as ``t * window``, packed sequences' as
 ``sum t_i^2``) in two kinds of phase, unrolled at compile time (:func:`.tiles.loop_phases`):
 
@@ -31,7 +32,7 @@ __all__ = ["flash_fwd_kernel"]
 
 @triton.jit
 def flash_fwd_kernel(
-    Q, K, V, Out, Lse, Sinks, AlibiSlopes, SeqStart, SeqEnd,
+    Q, K, V, Out, Lse, Sinks, AlibiSlopes, SeqStart, SeqEnd, KvLens,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -40,6 +41,7 @@ def flash_fwd_kernel(
     CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr,
     PACKED: tl.constexpr,
+    KV_LENS: tl.constexpr,
     SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr,
     SINKS: tl.constexpr,
@@ -52,6 +54,8 @@ def flash_fwd_kernel(
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     off_b, off_h, start_m = program_block(num_heads, BLOCK_M, CAUSAL)
+    if KV_LENS:  # per-row key lengths: from here on t_k is this batch row's number of keys
+        t_k = tl.load(KvLens + off_b).to(tl.int32)
     off_kv = off_h // GROUP  # GQA: the key/value head of this query head
     offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows
     offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,) key columns within a block

@@ -62,6 +62,7 @@ def _constexprs(
         CAUSAL=features.causal,
         WINDOW=features.window is not None,
         PACKED=features.packed,
+        KV_LENS=features.kv_lens is not None,
         SOFTCAP=features.softcap is not None,
         ALIBI=features.alibi_slopes is not None,
         GROUP=q.shape[1] // k.shape[1],  # query heads per key/value head
@@ -93,6 +94,7 @@ def launch_forward(
     lse = torch.empty(b, h, t_q, dtype=torch.float32, device=q.device)  # (b, h, t_q)
     flash_fwd_kernel[(b * h, triton.cdiv(t_q, config.block_m))](
         q, k, v, out, lse, features.sinks, features.alibi_slopes, features.seq_start, features.seq_end,
+        features.kv_lens,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         h, t_q, t_k, scale, *_scalars(features),
         SINKS=features.sinks is not None,
@@ -142,6 +144,7 @@ def launch_backward_dq(
     delta = torch.empty(b, h, t_q, dtype=torch.float32, device=q.device)  # (b, h, t_q)
     flash_bwd_dq_kernel[(b * h, triton.cdiv(t_q, config.block_m))](
         q, k, v, out, dout, dq, lse, delta, delta_shift, features.alibi_slopes, features.seq_start, features.seq_end,
+        features.kv_lens,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(dout), *_strides(dq),
         h, t_q, k.shape[2], scale, *_scalars(features),
         LSE_GRAD=delta_shift is not None,
@@ -164,9 +167,12 @@ def launch_backward_dkdv(
     """The dkdv pass: ``(dk, dv)`` (b, h_kv, t_k, d); needs the ``delta`` written by :func:`launch_backward_dq`."""
     b, h_kv, t_k, _ = k.shape
     t_q = q.shape[2]
-    dk, dv = torch.empty_like(k), torch.empty_like(v)  # (b, h_kv, t_k, d) each
+    # (b, h_kv, t_k, d) each; with kv_lens the kernel stores only each row's keys, the rest must read zero
+    allocate = torch.empty_like if features.kv_lens is None else torch.zeros_like
+    dk, dv = allocate(k), allocate(v)
     flash_bwd_dkdv_kernel[(b * h_kv, triton.cdiv(t_k, config.block_n))](
         q, k, v, dout, dk, dv, lse, delta, features.alibi_slopes, features.seq_start, features.seq_end,
+        features.kv_lens,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
         h_kv, t_q, t_k, scale, *_scalars(features),
         **_constexprs(q, k, features, config, q, k, v, dout, dk, dv),

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..backends import BACKENDS, AttentionSpec
 from .norms import make_norm
+from .paged import PagedKV, gather_pages
 from .rope import apply_rotary
 
 if TYPE_CHECKING:
@@ -95,13 +96,25 @@ class DecoderAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, heads, self.head_dim).transpose(1, 2)  # (b, heads, t, hd)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **fields) -> torch.Tensor:
-        """The core on q (b, h, t_q, hd), k/v (b, h_kv, t_k, hd) with this layer's spec (+ per-call ``fields``)."""
-        spec = (
-            dataclasses.replace(self.spec, sinks=self.sinks, **fields)
-            if fields or self.sinks is not None
-            else self.spec
-        )
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, *, paged: PagedKV | None = None, **fields
+    ) -> torch.Tensor:
+        """The core on q (b, h, t_q, hd), k/v (b, h_kv, t_k, hd) with this layer's spec (+ per-call ``fields``).
+        ``paged``: keys and values are read from pages through block tables instead (k and v are None)."""
+        spec = self.spec
+        if fields or self.sinks is not None:
+            spec = dataclasses.replace(self.spec, sinks=self.sinks, **fields)
+        if paged is not None:
+            if self.core is not None:
+                raise ValueError("a replaced attention core (set_core_attention) cannot read a paged cache")
+            if self.backend.paged is not None:
+                return self.backend.attend_paged(
+                    q, paged.key_pages, paged.value_pages, paged.block_table, paged.kv_lens, spec
+                )  # (b, h, t_q, hd)
+            keys = gather_pages(paged.key_pages, paged.block_table)  # (b, h_kv, max_blocks * block_size, hd)
+            values = gather_pages(paged.value_pages, paged.block_table)  # (b, h_kv, max_blocks * block_size, hd)
+            spec = dataclasses.replace(spec, kv_lens=paged.kv_lens.long())
+            return self.backend.attend(q, keys, values, spec)  # (b, h, t_q, hd)
         if self.core is not None:
             return self.core(q, k, v, spec)  # (b, h, t_q, hd)
         return self.backend.attend(q, k, v, spec)  # (b, h, t_q, hd)

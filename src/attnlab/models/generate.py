@@ -124,10 +124,10 @@ def iter_generate(
         stats.prefill_s = time.perf_counter() - start
         for step in range(options.max_new_tokens):
             token = sample_next_token(next_logits, options.temperature, options.top_k, generator)  # (b,)
+            stats.new_tokens += int((~finished).sum())  # rows that ended earlier make no new token
             if eos_ids.numel():
                 token = torch.where(finished, eos_ids[0], token)  # (b,)
                 finished |= torch.isin(token, eos_ids)
-            stats.new_tokens += int((~finished).sum()) + int(torch.isin(token, eos_ids).sum()) if eos_ids.numel() else b
             yield token
             if step == options.max_new_tokens - 1 or bool(finished.all()):
                 break

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..config import DecoderConfig, RopeConfig
+from ..config import DecoderConfig, MLAConfig, MoEConfig, RopeConfig
 from .reader import ConfigReader
 
 __all__ = ["CONVERTERS", "config_from_hf", "read_rope", "read_windows", "register_converter"]
@@ -200,6 +200,69 @@ def _gemma(reader: ConfigReader) -> DecoderConfig:
     )
 
 
+@register_converter("deepseek_v3")
+def _deepseek_v3(reader: ConfigReader) -> DecoderConfig:
+    """DeepSeek-V3: multi-head latent attention (:mod:`..mla`) with interleaved YaRN rotary features, RMSNorm,
+    SwiGLU in the first ``first_k_dense_replace`` layers and a sigmoid-routed mixture of experts after them."""
+    common = _common(reader)
+    heads = common["num_heads"]
+    if common["num_kv_heads"] != heads:
+        raise ValueError(
+            f"num_key_value_heads {common['num_kv_heads']} must equal num_attention_heads {heads}: "
+            "multi-head latent attention has no grouped key/value heads"
+        )
+    reader.require("hidden_act", ("silu",), "silu")
+    reader.require("topk_method", ("noaux_tc",), "noaux_tc")  # the router transformers implements
+    reader.require("scoring_func", ("sigmoid",), "sigmoid")
+    reader.require("moe_layer_freq", (1,), 1)
+    mla = MLAConfig(
+        kv_lora_rank=reader.int("kv_lora_rank"),
+        qk_nope_head_dim=reader.int("qk_nope_head_dim"),
+        qk_rope_head_dim=reader.int("qk_rope_head_dim"),
+        v_head_dim=reader.int("v_head_dim"),
+        q_lora_rank=reader.int("q_lora_rank", None),
+    )
+    qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    # transformers writes its derived head_dim (= qk_rope_head_dim, the rotary width) and qk_head_dim.
+    given = {"head_dim": common["head_dim"], "qk_head_dim": reader.int("qk_head_dim", None)}
+    implied = {"head_dim": mla.qk_rope_head_dim, "qk_head_dim": qk_head_dim}
+    for key, value in given.items():
+        if value is not None and value != implied[key]:
+            raise ValueError(f"{key} must be {implied[key]} (implied by the MLA widths), got {value}")
+    common["head_dim"] = qk_head_dim  # the width of one query/key head
+    rope = read_rope(reader, interleaved=reader.bool("rope_interleave", True))
+    params = reader.data.get("rope_parameters") or reader.data.get("rope_scaling") or {}
+    if rope.rope_type == "yarn" and params.get("factor") is None:
+        # transformers would derive it from max_position_embeddings / original_max_position_embeddings
+        raise ValueError("yarn rope parameters without factor are not supported (give factor explicitly)")
+    # transformers builds experts in every layer from first_k_dense_replace on (none when it is >= the layer
+    # count); the router's fields have no safe default (transformers' and DeepSeek's differ), so all are required.
+    moe = MoEConfig(
+        num_experts=reader.int("n_routed_experts"),
+        top_k=reader.int("num_experts_per_tok"),
+        d_expert=reader.int("moe_intermediate_size"),
+        router="sigmoid_group",
+        num_shared_experts=reader.int("n_shared_experts", 0, minimum=0),
+        num_groups=reader.int("n_group"),
+        topk_group=reader.int("topk_group"),
+        routed_scaling=reader.float("routed_scaling_factor"),
+        normalize_topk=reader.bool("norm_topk_prob", True),
+        dense_layers=reader.int("first_k_dense_replace", minimum=0),
+    )
+    bias = reader.bool("attention_bias", False)
+    return DecoderConfig(
+        **common,
+        norm="rmsnorm",
+        ffn="moe",
+        moe=moe,
+        mla=mla,
+        rope=rope,
+        qkv_bias=bias,
+        out_bias=bias,
+        model_type="deepseek_v3",
+    )
+
+
 @register_converter("gpt2")
 def _gpt2(reader: ConfigReader) -> DecoderConfig:
     """GPT-2: LayerNorm, GELU MLP of width 4 d_model (or n_inner), learned positions, biases everywhere."""
@@ -225,6 +288,59 @@ def _gpt2(reader: ConfigReader) -> DecoderConfig:
         out_bias=True,
         tie_embeddings=reader.bool("tie_word_embeddings", True),
         model_type="gpt2",
+    )
+
+
+@register_converter("gpt_oss")
+def _gpt_oss(reader: ConfigReader) -> DecoderConfig:
+    """gpt-oss: a mixture of experts (softmax over the top-k router logits, gpt-oss's clamped SwiGLU experts
+    with biases), attention with biases and sinks, sliding and full layers alternating, YaRN rotary positions.
+
+    The released checkpoints store the experts in MXFP4 (``quantization_config``); attnlab refuses them by name
+    and runs plain floating-point checkpoints (such as a dequantized copy)."""
+    quantization = reader.raw("quantization_config")
+    if quantization is not None:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
+        raise ValueError(
+            f"quantization_config (quant_method {method!r}; gpt-oss ships its experts in MXFP4) is not supported by "
+            "attnlab: use a checkpoint saved in plain floating point (dequantized)"
+        )
+    common = _common(reader)
+    if not reader.has("rms_norm_eps"):
+        common["norm_eps"] = 1e-5  # gpt-oss's default
+    reader.require("hidden_act", ("silu",), "silu")  # named in the config; the experts use their own SwiGLU variant
+    bias = reader.bool("attention_bias", True)
+    windows = read_windows(reader, common["n_layers"], lambda layer: layer % 2 == 0)  # default: sliding, full, ...
+    if reader.has("rope_parameters") or reader.has("rope_scaling"):
+        rope = read_rope(reader)
+    else:  # gpt-oss's default rotary positions
+        rope = RopeConfig(
+            theta=reader.float("rope_theta", 150000.0),
+            rope_type="yarn",
+            factor=32.0,
+            original_context_length=4096,
+            truncate=False,
+        )
+    moe = MoEConfig(
+        num_experts=reader.int("num_local_experts", 128),
+        top_k=reader.int("num_experts_per_tok", 4),
+        d_expert=common["d_ff"],
+        router="softmax_topk",
+        expert_bias=True,
+        swiglu_alpha=reader.float("swiglu_alpha", 1.702),
+        swiglu_limit=reader.float("swiglu_limit", 7.0),
+    )
+    return DecoderConfig(
+        **common,
+        norm="rmsnorm",
+        ffn="moe",
+        moe=moe,
+        rope=rope,
+        qkv_bias=bias,
+        out_bias=bias,
+        sinks=True,
+        layer_windows=windows,
+        model_type="gpt_oss",
     )
 
 

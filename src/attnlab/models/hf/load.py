@@ -125,7 +125,8 @@ def from_hf(
     """The model of a Hugging Face checkpoint directory on ``attn_impl``, in eval mode, in ``dtype`` on ``device``.
 
     ``model_type`` may be any key of :data:`~.configs.CONVERTERS` (llama, mistral, qwen2, qwen3, gemma2,
-    gemma3_text, gpt2, ...). ``max_bytes``: refuse a model larger than this (default: the memory available).
+    gemma3_text, gpt_oss, deepseek_v3, gpt2). ``max_bytes``: refuse a model larger than this (default: the memory
+    available).
     """
     directory = Path(directory)
     config = read_config(directory)
