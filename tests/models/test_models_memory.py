@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from attnlab.models import Decoder, DecoderConfig
+from attnlab.models import Decoder, DecoderConfig, MLAConfig
 from attnlab.models.memory import kv_cache_bytes, read_model_config
 
 TINY = dict(vocab_size=50, d_model=32, num_heads=4, d_ff=48, context_length=40)
@@ -15,6 +15,9 @@ CONFIGS = {
     "full": DecoderConfig(n_layers=2, num_kv_heads=2, **TINY),
     "rolling": DecoderConfig(n_layers=3, num_kv_heads=1, head_dim=16, layer_windows=(6, None, 6), **TINY),
     "window past the context": DecoderConfig(n_layers=2, layer_windows=(30, 30), **TINY),
+    "latent": DecoderConfig(
+        n_layers=2, mla=MLAConfig(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6), **TINY
+    ),
 }
 
 
@@ -53,6 +56,13 @@ def test_rows_say_what_is_allocated():
     # A window at least as long as the context needs no rolling cache: every layer keeps the whole context.
     (row,) = kv_cache_bytes(CONFIGS["window past the context"], context=24, batch=1).rows
     assert (row.kind, row.layers, row.slots) == ("full", 2, 24)
+
+
+def test_a_latent_cache_holds_one_compressed_vector_per_position():
+    report = kv_cache_bytes(CONFIGS["latent"], context=24, batch=2, dtype=torch.bfloat16)
+    (row,) = report.rows  # DeepSeek's MLA: the latent (16) and the shared rotary key (4), no per-head keys/values
+    assert (row.kind, row.label, row.layers, row.slots) == ("latent", "latent (MLA)", 2, 24)
+    assert row.nbytes == 2 * 2 * 24 * (16 + 4) * 2 and row.bytes_per_token == 2 * (16 + 4) * 2
 
 
 @pytest.mark.parametrize(
