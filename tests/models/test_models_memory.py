@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from attnlab.models import Decoder, DecoderConfig, MLAConfig
+from attnlab.models import Decoder, DecoderConfig, MLAConfig, MoEConfig
 from attnlab.models.memory import kv_cache_bytes, read_model_config
 
 TINY = dict(vocab_size=50, d_model=32, num_heads=4, d_ff=48, context_length=40)
@@ -15,6 +15,14 @@ CONFIGS = {
     "full": DecoderConfig(n_layers=2, num_kv_heads=2, **TINY),
     "rolling": DecoderConfig(n_layers=3, num_kv_heads=1, head_dim=16, layer_windows=(6, None, 6), **TINY),
     "window past the context": DecoderConfig(n_layers=2, layer_windows=(30, 30), **TINY),
+    "experts and sinks": DecoderConfig(  # gpt-oss-like: the meta count swaps the experts for a dense feed-forward
+        n_layers=2,
+        ffn="moe",
+        moe=MoEConfig(num_experts=4, top_k=2, d_expert=16),
+        sinks=True,
+        layer_windows=(6, None),
+        **TINY,
+    ),
     "latent": DecoderConfig(
         n_layers=2, mla=MLAConfig(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6), **TINY
     ),

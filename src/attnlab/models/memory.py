@@ -10,12 +10,14 @@ position. Rather than restating those rules in a formula that could drift from t
 allocates its buffers exactly as it would for real, and reads each layer cache's ``nbytes``. Nothing is
 allocated; a 70-billion-parameter config is counted in well under a second.
 
-The step runs on the ``naive`` backend, which does every attention feature and runs on meta tensors; the
-backend does not change what a cache allocates.
+The step runs on the ``naive`` backend, which does every attention feature and runs on meta tensors, and
+with a dense feed-forward in place of a mixture of experts (whose routing has no meta kernel): neither the
+backend nor the feed-forward changes what a cache allocates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections import Counter
 from dataclasses import dataclass
@@ -121,6 +123,8 @@ def kv_cache_bytes(
         raise ValueError(f"context {context} exceeds the model's context_length {config.context_length}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if config.moe is not None:  # the feed-forward never touches the cache; routing (bincount) has no meta kernel
+        config = dataclasses.replace(config, ffn="swiglu", moe=None)
     with torch.device("meta"):
         model = Decoder(config, _COUNTING_BACKEND).to(dtype)
     cache = model.new_cache(batch, context)
