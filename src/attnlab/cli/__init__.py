@@ -18,7 +18,7 @@ from typing import NoReturn
 __all__ = ["main"]
 
 #: Subcommand modules, in the order ``attnlab --help`` lists them.
-COMMANDS: tuple[str, ...] = ("tour", "check", "bench", "generate", "train")
+COMMANDS: tuple[str, ...] = ("tour", "check", "bench", "generate", "memory", "train")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  attnlab check                      # every implementation vs a float64 reference\n"
             "  attnlab bench --preset notebook    # time, FLOP rate, memory and accuracy of each\n"
             "  attnlab generate --weights ./gpt2 --prompt 'Every effort moves you'\n"
+            "  attnlab memory --model ./Llama-3.1-8B --context 8192   # KV-cache bytes per layer kind\n"
             "  attnlab train --task mqar --out runs/mqar   # train a small decoder from scratch\n"
             "run 'attnlab COMMAND --help' for each command's options"
         ),

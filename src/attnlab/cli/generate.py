@@ -1,4 +1,4 @@
-"""``attnlab generate``: continue a prompt with a GPT-2 checkpoint from a local directory, streaming tokens."""
+"""``attnlab generate``: continue a prompt with a checkpoint from a local directory, streaming tokens."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from ..gpt import iter_generate, kv_cache_implementations, load_model
-from ..gpt.files import check_directory, one_line
-from ..gpt.options import GenerationOptions, check_runnable, resolve_generation_device
+from ..backends import BACKENDS
+from ..gpt import kv_cache_implementations
+from ..gpt.files import one_line
+from ..gpt.options import GenerationOptions, resolve_generation_device
 from ..gpt.tokenizer import encode_prompt, load_tokenizer
 from ..implementations import IMPLEMENTATIONS
+from ..models.local import DEFAULT_IMPL, PREFERRED_BACKENDS, plan_local_run
 
 __all__ = ["add_parser"]
 
@@ -23,19 +23,26 @@ _DEFAULTS = GenerationOptions()
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="generate text with a GPT-2 checkpoint (Hugging Face or attnlab) on any attention implementation",
+        help="generate text with a local checkpoint (Llama 3, Qwen 2/3, Mistral, Gemma 2/3, GPT-2, ...)",
         description=(
-            "Load a GPT-2 checkpoint directory (Hugging Face: config.json + model.safetensors or "
-            "pytorch_model.bin; or one saved by attnlab) and continue a prompt, printing tokens as they "
+            "Load a checkpoint directory (Hugging Face: config.json + model.safetensors, its shards, or "
+            "pytorch_model.bin; or a GPT-2 saved by attnlab) and continue a prompt, printing tokens as they "
             "are produced. The prompt is encoded with tokenizer.json from the same directory (the "
             "'tokenizers' package); with --ids, token ids are given and printed, and tokenizer.json is not "
-            "read. Nothing is downloaded."
+            "read. Generation stops at the checkpoint's end-of-sequence ids (or --eos-id). Nothing is "
+            "downloaded. GPT-2 runs on attnlab's GPT-2 model with a multi-head implementation (--impl); every "
+            "other architecture, and GPT-2 when --attn-impl is given, runs on attnlab.models with an attention "
+            "backend (--attn-impl)."
         ),
         epilog=(
             "examples:\n"
             '  attnlab generate --weights ./gpt2 --prompt "Every effort moves you" --max-new-tokens 20\n'
             "  attnlab generate --weights ./gpt2 --ids 6109,3626,6100,345 --impl einsum --no-cache\n"
-            f"implementations with a KV cache: {', '.join(kv_cache_implementations())}"
+            '  attnlab generate --weights ./Llama-3.2-1B --prompt "The capital of France is"\n'
+            '  attnlab generate --weights ./gemma-2-2b --prompt "Hello" --attn-impl flash_torch\n'
+            f"implementations with a KV cache: {', '.join(kv_cache_implementations())}\n"
+            f"attention backends: {', '.join(BACKENDS)} (default: the first of {', '.join(PREFERRED_BACKENDS)} "
+            "that does every feature the model needs)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -57,8 +64,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--eos-id", type=int, default=None, help="stop at this token id")
-    parser.add_argument(
-        "--impl", default="sdpa", help=f"attention implementation (default sdpa): {', '.join(IMPLEMENTATIONS)}"
+    attention = parser.add_mutually_exclusive_group()
+    attention.add_argument(
+        "--impl",
+        default=None,
+        help=f"GPT-2's attention implementation (default {DEFAULT_IMPL}): {', '.join(IMPLEMENTATIONS)}",
+    )
+    attention.add_argument(
+        "--attn-impl", default=None, help=f"attention backend of attnlab.models: {', '.join(BACKENDS)}"
     )
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step")
     parser.add_argument(
@@ -125,23 +138,21 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     device = resolve_generation_device(args.device)
-    check_runnable(args.impl, device, options.use_cache)
-    check_directory(args.weights)
+    plan = plan_local_run(  # which model, on which attention: checked against the config before loading
+        args.weights, device, impl=args.impl, attn_impl=args.attn_impl, use_cache=options.use_cache
+    )
     if args.ids is not None:  # ids in, ids out: tokenizer.json is not needed, so not read
         tokenizer, prompt_ids = None, _parse_ids(args.ids)
     else:
         tokenizer = load_tokenizer(args.weights)
         prompt_ids = encode_prompt(tokenizer, args.prompt)
 
-    print(f"loading {args.weights} on {args.impl} ...", file=sys.stderr, flush=True)
-    model = load_model(args.weights, attn_impl=args.impl).to(device)  # eval mode
+    print(f"loading {args.weights} on {plan.attention} ...", file=sys.stderr, flush=True)
+    model = plan.load()  # eval mode
     vocab_size = model.config.vocab_size
     if bad := [i for i in prompt_ids if not 0 <= i < vocab_size]:
         raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
-    idx = torch.tensor([prompt_ids], device=device)  # (1, t)
-    steps = iter_generate(  # checks the prompt against the context length before the prompt is printed
-        model, idx, options.max_new_tokens, **options.generate_kwargs(), generator=options.make_generator(device)
-    )
+    steps = plan.steps(model, prompt_ids, options)  # checks the prompt against the context before printing it
 
     stream = _Stream(tokenizer, prompt_ids)
     start = time.perf_counter()
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     mode = "KV cache" if options.use_cache else "no cache"
     num_new = len(stream.new_ids)
     print(
-        f"{num_new} tokens in {elapsed:.2f} s ({num_new / max(elapsed, 1e-9):.1f} tokens/s), {args.impl}, {mode}",
+        f"{num_new} tokens in {elapsed:.2f} s ({num_new / max(elapsed, 1e-9):.1f} tokens/s), {plan.attention}, {mode}",
         file=sys.stderr,
     )
     return 0

@@ -79,8 +79,8 @@ class Decoder(nn.Module):
             raise ValueError(f"idx must be 2-D integer token ids (batch, tokens), got {shape}")
         if idx.shape[1] < 1:
             raise ValueError("sequence length 0: the input needs at least one token")
-        if torch.compiler.is_compiling():
-            return  # the values were checked before compiling; a data-dependent check would break the graph
+        if torch.compiler.is_compiling() or idx.is_meta:
+            return  # checked before compiling (a data-dependent check breaks the graph); meta tensors hold no values
         lowest, highest = int(idx.min()), int(idx.max())
         if lowest < 0 or highest >= self.config.vocab_size:
             bad = lowest if lowest < 0 else highest
