@@ -59,7 +59,9 @@ PRESETS: dict[str, ModelPreset] = {
     "mqa": ModelPreset(num_kv_heads=1, d_ff=448),
     "window": ModelPreset(num_kv_heads=4, d_ff=384, window=16),
     "mla": ModelPreset(
-        num_kv_heads=4, d_ff=378, mla=MLAConfig(kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
+        num_kv_heads=4,
+        d_ff=378,
+        mla=MLAConfig(kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32),
     ),
 }
 
