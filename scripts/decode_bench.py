@@ -25,6 +25,7 @@ from attnlab.backends import BACKENDS
 BATCH, HEADS, KV_HEADS, HEAD_DIM = 1, 32, 8, 128
 DEFAULT_LENGTHS = "1024,2048,4096,8192,16384,32768"
 DEFAULT_BACKENDS = "flash_decode_torch,flash_torch,naive,sdpa"
+THREADS = torch.get_num_threads()  # torch.utils.benchmark.Timer runs on 1 thread unless told
 
 
 def cache_bytes(t: int, dtype: torch.dtype) -> int:
@@ -45,7 +46,7 @@ def measure(lengths: list[int], backends: list[str], min_run_time: float) -> lis
             for name in backends:
                 fn = BACKENDS[name]
                 err = (fn(q, k, v) - expected).abs().max().item()
-                timer = benchmark.Timer("fn(q, k, v)", globals={"fn": fn, "q": q, "k": k, "v": v})
+                timer = benchmark.Timer("fn(q, k, v)", globals={"fn": fn, "q": q, "k": k, "v": v}, num_threads=THREADS)
                 seconds = timer.blocked_autorange(min_run_time=min_run_time).median
                 gbps = cache_bytes(t, q.dtype) / seconds / 1e9
                 rows.append({"t": t, "backend": name, "ms": seconds * 1e3, "gbps": gbps, "err": err})

@@ -80,7 +80,7 @@ def speed(rounds: int) -> dict:
         samples: dict[str, list[float]] = {name: [] for name in cases}
         for index in range(rounds):
             for name, fn in cases.items():
-                timer = benchmark.Timer("fn()", globals={"fn": fn}, label=name)
+                timer = benchmark.Timer("fn()", globals={"fn": fn}, label=name, num_threads=torch.get_num_threads())
                 samples[name].append(timer.blocked_autorange(min_run_time=1.0).median * 1e3)
             print(
                 f"speed: round {index + 1}/{rounds}: " + ", ".join(f"{n} {s[-1]:.0f} ms" for n, s in samples.items()),

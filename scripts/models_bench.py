@@ -81,14 +81,15 @@ def measure(model_type: str, wanted_impl: str, prompt_len: int, new_tokens: int)
     reference = GenerateReference(directory, torch.device("cpu"), torch.float32)
     prompt = torch.randint(0, SHAPE["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(1))
     options = GenerationOptions(max_new_tokens=new_tokens)
+    threads = torch.get_num_threads()  # torch.utils.benchmark.Timer runs on 1 thread unless told
     with torch.no_grad():
         prefill = (
-            benchmark.Timer("model(prompt)", globals={"model": model, "prompt": prompt})
+            benchmark.Timer("model(prompt)", globals={"model": model, "prompt": prompt}, num_threads=threads)
             .blocked_autorange(min_run_time=1.0)
             .median
         )
         hf_prefill = (
-            benchmark.Timer("m(prompt)", globals={"m": reference.module, "prompt": prompt})
+            benchmark.Timer("m(prompt)", globals={"m": reference.module, "prompt": prompt}, num_threads=threads)
             .blocked_autorange(min_run_time=1.0)
             .median
         )

@@ -40,7 +40,11 @@ def window_speedup(rounds: int, t: int = 8192, window: int = 256) -> dict:
     with torch.no_grad():
         for _ in track(range(rounds), description=f"window: {rounds} rounds at t={t}"):
             for label, w in (("none", None), (str(window), window)):
-                timer = benchmark.Timer("attend(q, k, v, window=w)", globals=dict(attend=attend, q=q, k=k, v=v, w=w))
+                timer = benchmark.Timer(
+                    "attend(q, k, v, window=w)",
+                    globals=dict(attend=attend, q=q, k=k, v=v, w=w),
+                    num_threads=torch.get_num_threads(),
+                )
                 medians[label].append(timer.blocked_autorange(min_run_time=1.0).median)
     none_s, window_s = statistics.median(medians["none"]), statistics.median(medians[str(window)])
     return {
@@ -66,6 +70,7 @@ def kv_cache(prompt: int = 4096) -> dict:
             step = benchmark.Timer(
                 "cache.length = prompt; layer.forward_cached(token, cache)",
                 globals=dict(layer=layer, cache=cache, prompt=prompt, token=x[:, prompt:]),
+                num_threads=torch.get_num_threads(),
             ).blocked_autorange(min_run_time=1.0)
         results[f"kv_heads={kv_heads}"] = {"cache_bytes": cache.nbytes, "decode_step_ms": 1e3 * step.median}
     results["bytes_ratio"] = results["kv_heads=8"]["cache_bytes"] / results["kv_heads=1"]["cache_bytes"]

@@ -69,8 +69,9 @@ class GenerateReference:
         two measurements cannot leave the prompt's share in the result. ``ValueError`` if the median
         difference is not positive (the load swamped the decode steps: rerun).
         """
-        longer = Timer("run()", globals={"run": lambda: self._generate(prompt, new_tokens + 1)})
-        shorter = Timer("run()", globals={"run": lambda: self._generate(prompt, 1)})
+        threads = torch.get_num_threads()  # Timer would run on 1 thread by default
+        longer = Timer("run()", globals={"run": lambda: self._generate(prompt, new_tokens + 1)}, num_threads=threads)
+        shorter = Timer("run()", globals={"run": lambda: self._generate(prompt, 1)}, num_threads=threads)
         longer.timeit(1), shorter.timeit(1)  # warm-up
         differences: list[float] = []
         started = time.perf_counter()
