@@ -115,6 +115,33 @@ def test_generation_stops_at_the_checkpoints_end_ids(with_tokenizer, tmp_path, c
     assert f"{len(expected)} tokens in" in captured.err
 
 
+def test_prompts_file_runs_every_prompt_through_the_engine(with_tokenizer, tmp_path, capsys):
+    directory, tokenizer = with_tokenizer
+    prompts = ["the cat sat on", "every effort moves you", "attention is"]
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(prompts) + "\n\n")  # blank lines are skipped
+    argv = ["--weights", str(directory), "--prompts-file", str(path), "--max-new-tokens", "5", "--max-batch", "2"]
+    captured = run_ok(capsys, argv)
+    expected = []
+    for prompt in prompts:  # each completion as transformers gives it for that prompt alone, in file order
+        ids = tokenizer.encode(prompt).ids
+        expected.append(tokenizer.decode(ids + hf_greedy(directory, ids, 5)))
+    assert captured.out.splitlines() == expected
+    assert "3 prompts, 15 tokens in" in captured.err and "serving engine" in captured.err
+
+
+def test_prompts_file_errors_are_one_line(with_tokenizer, tmp_path, capsys):
+    directory, _ = with_tokenizer
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    line, _ = error_line(capsys, ["--weights", str(directory), "--prompts-file", str(empty)])
+    assert "holds no prompt (one per line)" in line
+    line, _ = error_line(capsys, ["--weights", str(directory), "--prompts-file", str(tmp_path / "missing.txt")])
+    assert "does not exist or is not a file" in line
+    line, _ = error_line(capsys, ["--weights", str(directory), "--prompts-file", str(empty), "--impl", "ch03"])
+    assert "choose an --attn-impl, not --impl" in line
+
+
 @pytest.mark.parametrize(
     ("name", "argv", "message"),
     [

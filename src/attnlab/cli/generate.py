@@ -40,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "  attnlab generate --weights ./gpt2 --ids 6109,3626,6100,345 --impl einsum --no-cache\n"
             '  attnlab generate --weights ./Llama-3.2-1B --prompt "The capital of France is"\n'
             '  attnlab generate --weights ./gemma-2-2b --prompt "Hello" --attn-impl flash_torch\n'
+            "  attnlab generate --weights ./Qwen3-0.6B --prompts-file prompts.txt --max-batch 16\n"
             f"implementations with a KV cache: {', '.join(kv_cache_implementations())}\n"
             f"attention backends: {', '.join(BACKENDS)} (default: the first of {', '.join(PREFERRED_BACKENDS)} "
             "that does every feature the model needs)"
@@ -50,6 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text to continue (needs tokenizer.json in --weights)")
     prompt.add_argument("--ids", help="comma-separated prompt token ids, e.g. 6109,3626")
+    prompt.add_argument(
+        "--prompts-file",
+        type=Path,
+        help="many prompts, one per line, run together by attnlab.serving.Engine (continuous batching)",
+    )
     parser.add_argument(
         "--max-new-tokens",
         type=int,
@@ -78,6 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=_DEFAULTS.seed, help=f"random seed for sampling (default {_DEFAULTS.seed})"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
+    parser.add_argument(
+        "--max-batch", type=int, default=None, help="with --prompts-file: requests run at once (default: the engine's)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -138,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     device = resolve_generation_device(args.device)
+    if args.prompts_file is not None:
+        return _run_many(args, options, device)
     plan = plan_local_run(  # which model, on which attention: checked against the config before loading
         args.weights, device, impl=args.impl, attn_impl=args.attn_impl, use_cache=options.use_cache
     )
@@ -167,4 +178,40 @@ def run(args: argparse.Namespace) -> int:
         f"{num_new} tokens in {elapsed:.2f} s ({num_new / max(elapsed, 1e-9):.1f} tokens/s), {plan.attention}, {mode}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _run_many(args: argparse.Namespace, options: GenerationOptions, device) -> int:
+    """``--prompts-file``: every line through the serving engine, a progress bar, then each completion in order."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..serving import ENGINE_BACKEND, Engine
+    from ..serving.prompts import read_prompts_file
+
+    if args.impl is not None:
+        raise ValueError("--prompts-file runs on attnlab.models' serving engine: choose an --attn-impl, not --impl")
+    if args.no_cache:
+        raise ValueError("--prompts-file needs the KV cache (the engine pages it); drop --no-cache")
+    texts = read_prompts_file(args.prompts_file)
+    attn_impl = args.attn_impl or ENGINE_BACKEND
+    plan = plan_local_run(args.weights, device, impl=None, attn_impl=attn_impl, use_cache=True)
+    tokenizer = load_tokenizer(args.weights)
+    prompts = [encode_prompt(tokenizer, text) for text in texts]
+    print(f"loading {args.weights} on {plan.attention} ...", file=sys.stderr, flush=True)
+    engine_options = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    engine = Engine(plan.load(), **engine_options)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    start = time.perf_counter()
+    with Progress(console=Console(stderr=True), transient=True) as progress:  # stdout holds the completions
+        task = progress.add_task(f"{len(prompts)} prompts", total=len(prompts) * options.max_new_tokens)
+        for index, token in engine.stream(prompts, options):
+            outputs[index].append(token)
+            progress.advance(task)
+    elapsed = time.perf_counter() - start
+    for text, prompt_ids, new_ids in zip(texts, prompts, outputs, strict=True):
+        print(tokenizer.decode(prompt_ids + new_ids) if tokenizer is not None else text)
+    made = sum(len(ids) for ids in outputs)
+    print(f"{len(prompts)} prompts, {made} tokens in {elapsed:.2f} s ({made / max(elapsed, 1e-9):.1f} tokens/s), "
+          f"{plan.attention}, serving engine", file=sys.stderr)  # fmt: skip
     return 0

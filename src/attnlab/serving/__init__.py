@@ -9,8 +9,8 @@
 """
 
 from .blocks import BlockPool
-from .engine import Engine
+from .engine import ENGINE_BACKEND, Engine
 from .paged_cache import PagedKVCache
 from .prefix import full_block_keys
 
-__all__ = ["BlockPool", "Engine", "PagedKVCache", "full_block_keys"]
+__all__ = ["ENGINE_BACKEND", "BlockPool", "Engine", "PagedKVCache", "full_block_keys"]

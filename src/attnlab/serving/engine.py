@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..backends import BACKENDS, backends_with
 from ..gpt.generate import sample_next_token
 from ..gpt.options import GenerationOptions
 from ..models.paged import PagedBatch
@@ -34,7 +35,10 @@ from .request import Request
 if TYPE_CHECKING:
     from ..models.decoder import Decoder
 
-__all__ = ["Engine"]
+__all__ = ["ENGINE_BACKEND", "Engine"]
+
+#: The backend to serve with when none is named: it reads pages directly and does every attention feature.
+ENGINE_BACKEND = "flash_torch"
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -54,6 +58,12 @@ class Engine:
         config = model.config
         if config.mla is not None:
             raise ValueError("the engine pages key/value caches; multi-head latent attention (mla) caches a latent")
+        backend = BACKENDS[model.attn_impl]
+        if backend.paged is None and "kv_lens" not in backend.features:
+            raise ValueError(
+                f"the {model.attn_impl} backend can read neither pages nor per-row lengths (kv_lens); serve with one "
+                f"of: {', '.join(sorted(set(backends_with('paged')) | set(backends_with('kv_lens'))))}"
+            )
         self.model = model.eval()
         self.block_size = _positive_int("block_size", block_size)
         self.max_batch = _positive_int("max_batch", max_batch)
