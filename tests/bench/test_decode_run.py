@@ -130,7 +130,8 @@ _SECONDS: dict[int, float] = {}
 class _FixedTimer:
     """A stand-in for torch.utils.benchmark.Timer whose every call 'takes' a set time per generate length."""
 
-    def __init__(self, stmt, globals):
+    def __init__(self, stmt, globals, num_threads=1):
+        assert num_threads == torch.get_num_threads()  # the reference runs on the same threads as the rows
         self.run = globals["run"]
 
     def timeit(self, number):
