@@ -70,9 +70,7 @@ def _rank(rank: int, world: int, store_dir: str, args: dict, out: str) -> None:
         start = time.perf_counter()
         step().sum().backward()
         times.append(time.perf_counter() - start)
-    Path(out, f"rank{rank}.json").write_text(
-        json.dumps({"saved_bytes": saved, "median_s": statistics.median(times)})
-    )
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"saved_bytes": saved, "median_s": statistics.median(times)}))
     dist.barrier()
     dist.destroy_process_group()
 
