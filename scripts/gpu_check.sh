@@ -27,9 +27,10 @@ start=$SECONDS
 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -o addopts= -q -p no:cacheprovider $XDIST \
     tests/backends/test_backend_convention.py \
     tests/backends/test_flash_triton.py tests/backends/test_flash_torch.py tests/implementations/test_flash_impls.py \
-    tests/backends/test_flash_decode.py tests/backends/test_flex.py \
+    tests/backends/test_flash_decode.py tests/backends/test_flex.py tests/backends/test_paged_triton.py \
     -k "cuda or convention" --deselect tests/backends/test_flash_triton.py::test_interpreter_suite \
     --deselect tests/backends/test_flash_decode.py::test_interpreter_suite \
+    --deselect tests/backends/test_paged_triton.py::test_interpreter_suite \
     >"$OUT/tests.log" 2>&1
 echo "tests: exit $? after $((SECONDS - start)) s"
 tail -n 15 "$OUT/tests.log"
