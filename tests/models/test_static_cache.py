@@ -55,3 +55,15 @@ def test_compiled_decoding_gives_the_eager_tokens():
     stats = GenerationStats()
     assert generate(model, PROMPTS, options, compile=True, stats=stats) == generate(model, PROMPTS, options)
     assert stats.compile_s > 0 and len(stats.steps) == 6  # step 1 compiles; steps 2..7 are timed apart
+
+
+def test_a_backend_without_kv_lens_is_refused_before_any_work():
+    import dataclasses
+
+    torch.manual_seed(0)  # sdpa's is_causal path has no per-row lengths (nor windows: full attention here)
+    model = Decoder(dataclasses.replace(CONFIG, layer_windows=None), "sdpa").eval()
+    with pytest.raises(ValueError, match="prompts of different lengths read the cache with per-row lengths"):
+        generate(model, PROMPTS, GenerationOptions(max_new_tokens=2))
+    with pytest.raises(ValueError, match=r"compile=True \(a static cache\) read the cache"):
+        generate(model, [PROMPTS[0]], GenerationOptions(max_new_tokens=2), compile=True)
+    assert len(generate(model, [PROMPTS[0]], GenerationOptions(max_new_tokens=2))[0]) == 2  # one row: plain slices

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..backends import BACKENDS, backends_with
 from ..gpt.generate import sample_next_token
 from ..gpt.options import GenerationOptions
 from .decoder import Decoder
@@ -95,6 +96,13 @@ def iter_generate(
     """Yield each step's new token of every row, (b,) on the model's device, ``options.max_new_tokens`` times
     at most (fewer once every row has ended). Rows that ended keep yielding their end token."""
     _check(model, prompts, options)
+    lengths = {len(prompt) for prompt in prompts}
+    if options.use_cache and (len(lengths) > 1 or compile) and "kv_lens" not in BACKENDS[model.attn_impl].features:
+        need = "prompts of different lengths" if len(lengths) > 1 else "compile=True (a static cache)"
+        raise ValueError(
+            f"{need} read the cache with per-row lengths (kv_lens), which the {model.attn_impl} backend does not do; "
+            f"use one of: {', '.join(backends_with('kv_lens'))}"
+        )
     stats = GenerationStats() if stats is None else stats
     device = model.tok_emb.weight.device
     idx, lens = _right_padded(prompts, device)
