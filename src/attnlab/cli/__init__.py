@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would blame "attnlab"; name the subcommand, as every other error does
         parser.exit(2, f"attnlab {args.command}: error: unrecognized arguments: {_one_line(' '.join(unknown))}\n")
+    # torchao, when installed, is imported by transformers and logs a warning per CUDA-only extension it cannot
+    # load on a CPU machine; they say nothing about this run.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as error:  # input the library refused, or a file it could not write
