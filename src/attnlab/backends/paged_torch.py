@@ -66,20 +66,6 @@ def _check_per_head(name: str, tensor: object, q: torch.Tensor) -> None:
         raise ValueError(f"{name} is on {tensor.device} but q is on {q.device}")
 
 
-def _used_features(q: torch.Tensor, key_pages: torch.Tensor, spec: AttentionSpec) -> list[str]:
-    used = {
-        "gqa": key_pages.shape[1] != q.shape[1],
-        "window": spec.window is not None,
-        "softcap": spec.softcap is not None,
-        "sinks": spec.sinks is not None,
-        "alibi_slopes": spec.alibi_slopes is not None,
-        "seq_lens": spec.seq_lens is not None,
-        "return_lse": spec.return_lse,
-        "dropout": spec.dropout_p > 0.0,
-    }
-    return [name for name, on in used.items() if on]
-
-
 def check_paged_inputs(
     name: str,
     q: torch.Tensor,
@@ -130,7 +116,7 @@ def check_paged_inputs(
     for arg in ("sinks", "alibi_slopes"):
         if getattr(spec, arg) is not None:
             _check_per_head(arg, getattr(spec, arg), q)
-    for feature in _used_features(q, key_pages, spec):
+    for feature in spec.features(q, key_pages):  # key_pages' dim 1 is h_kv, as k's
         if feature not in features:
             raise ValueError(f"{name}'s paged attention does not support {feature}")
     if torch.is_grad_enabled():

@@ -61,27 +61,40 @@ class LayerCache:
         raise NotImplementedError
 
 
+class _SlotCache(LayerCache):
+    """Keys and values in ``slots`` positions of one ``(b, h_kv, slots, hd)`` buffer each, allocated on the first
+    step from the keys' shape, dtype and device."""
+
+    def __init__(self, batch: int, slots: int, static: bool) -> None:
+        self.batch = batch
+        self.slots = slots
+        self.static = static
+        self.keys: torch.Tensor | None = None  # (b, h_kv, slots, hd)
+        self.values: torch.Tensor | None = None  # (b, h_kv, slots, hd_v)
+
+    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.keys is None:
+            b, h_kv, _, hd = k.shape
+            self.keys = k.new_zeros(b, h_kv, self.slots, hd)  # (b, h_kv, slots, hd)
+            self.values = v.new_zeros(b, h_kv, self.slots, v.shape[-1])  # (b, h_kv, slots, hd_v)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
 def _scatter_index(slots: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``slots`` (b, t) broadcast to the shape of ``like`` (b, h_kv, t, hd), for ``scatter_`` along dim 2."""
     b, h_kv, t, hd = like.shape
     return slots[:, None, :, None].expand(b, h_kv, t, hd)  # (b, h_kv, t, hd)
 
 
-class FullLayerCache(LayerCache):
+class FullLayerCache(_SlotCache):
     """Every position's keys and values, up to ``max_tokens``; allocated on the first step from the keys."""
 
     def __init__(self, batch: int, max_tokens: int, static: bool) -> None:
-        self.batch = batch
+        super().__init__(batch, max_tokens, static)
         self.max_tokens = max_tokens
-        self.static = static
-        self.keys: torch.Tensor | None = None  # (b, h_kv, max_tokens, hd)
-        self.values: torch.Tensor | None = None  # (b, h_kv, max_tokens, hd)
-
-    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        if self.keys is None:
-            b, h_kv, _, hd = k.shape
-            self.keys = k.new_zeros(b, h_kv, self.max_tokens, hd)  # (b, h_kv, max_tokens, hd)
-            self.values = v.new_zeros(b, h_kv, self.max_tokens, v.shape[-1])  # (b, h_kv, max_tokens, hd_v)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: CacheStep, attend: AttendFn):
         self._allocate(k, v)
@@ -104,27 +117,14 @@ class FullLayerCache(LayerCache):
             keys, values = keys[:, :, :longest], values[:, :, :longest]  # (b, h_kv, longest, hd)
         return attend(q, keys, values, kv_lens=step.kv_lens)  # (b, h, t, hd)
 
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
-
-class RollingLayerCache(LayerCache):
+class RollingLayerCache(_SlotCache):
     """The last ``window`` positions' keys and values of a sliding-window layer, position ``p`` in slot
     ``p % window``. One extra slot (index ``window``) takes the writes of padding tokens, and is never read."""
 
     def __init__(self, batch: int, window: int, static: bool) -> None:
-        self.batch = batch
+        super().__init__(batch, window + 1, static)
         self.window = window
-        self.static = static
-        self.keys: torch.Tensor | None = None  # (b, h_kv, window + 1, hd)
-        self.values: torch.Tensor | None = None  # (b, h_kv, window + 1, hd)
-
-    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        if self.keys is None:
-            b, h_kv, _, hd = k.shape
-            self.keys = k.new_zeros(b, h_kv, self.window + 1, hd)  # (b, h_kv, window + 1, hd)
-            self.values = v.new_zeros(b, h_kv, self.window + 1, v.shape[-1])  # (b, h_kv, window + 1, hd_v)
 
     def _write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, row_ends: torch.Tensor) -> None:
         """Store the new keys/values of ``positions`` (b, t) that are among each row's last ``window`` positions
@@ -162,10 +162,6 @@ class RollingLayerCache(LayerCache):
         out = attend(q, keys, values)  # (b, h, t, hd): positions contiguous, aligned bottom-right
         self._write(k, v, step.positions, step.kv_lens)
         return out
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 
 class DecoderCache:

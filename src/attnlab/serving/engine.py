@@ -29,6 +29,7 @@ from ..backends import BACKENDS, backends_with
 from ..gpt.generate import sample_next_token
 from ..gpt.options import GenerationOptions
 from ..models.paged import PagedBatch
+from ..validate import check_positive_int
 from .paged_cache import PagedKVCache
 from .request import Request
 
@@ -39,12 +40,6 @@ __all__ = ["ENGINE_BACKEND", "Engine"]
 
 #: The backend to serve with when none is named: it reads pages directly and does every attention feature.
 ENGINE_BACKEND = "flash_torch"
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class Engine:
@@ -65,11 +60,13 @@ class Engine:
                 f"of: {', '.join(sorted(set(backends_with('paged')) | set(backends_with('kv_lens'))))}"
             )
         self.model = model.eval()
-        self.block_size = _positive_int("block_size", block_size)
-        self.max_batch = _positive_int("max_batch", max_batch)
+        check_positive_int("block_size", block_size)
+        check_positive_int("max_batch", max_batch)
+        self.block_size, self.max_batch = block_size, max_batch
         blocks_per_sequence = math.ceil(config.context_length / self.block_size)
         num_blocks = max_batch * blocks_per_sequence if num_blocks is None else num_blocks
-        self.num_blocks = _positive_int("num_blocks", num_blocks)
+        check_positive_int("num_blocks", num_blocks)
+        self.num_blocks = num_blocks
         weight = model.tok_emb.weight
         self.device = weight.device
         self.cache = PagedKVCache(

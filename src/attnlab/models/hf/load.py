@@ -32,14 +32,19 @@ INDEX_FILE = "model.safetensors.index.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def read_config(directory: str | Path) -> DecoderConfig:
-    """The :class:`DecoderConfig` of ``directory/config.json``."""
-    directory = Path(directory)
+def _read_config_json(directory: Path) -> tuple[dict[str, Any], DecoderConfig]:
+    """``directory/config.json`` as read, and the :class:`DecoderConfig` it describes."""
     check_directory(directory, "checkpoint directory")
     path = directory / CONFIG_FILE
     if not is_file(path):
         raise ValueError(f"{directory} has no {CONFIG_FILE}: not a Hugging Face checkpoint directory")
-    return config_from_hf(read_json_object(path), str(path))
+    data = read_json_object(path)
+    return data, config_from_hf(data, str(path))
+
+
+def read_config(directory: str | Path) -> DecoderConfig:
+    """The :class:`DecoderConfig` of ``directory/config.json``."""
+    return _read_config_json(Path(directory))[1]
 
 
 def read_eos_ids(directory: str | Path) -> tuple[int, ...]:
@@ -140,8 +145,8 @@ def from_hf(
     available).
     """
     directory = Path(directory)
-    config = read_config(directory)
-    prediction_layers = read_json_object(directory / CONFIG_FILE).get("num_nextn_predict_layers") or 0
+    data, config = _read_config_json(directory)
+    prediction_layers = data.get("num_nextn_predict_layers") or 0
     skipped_layers = prediction_layers if isinstance(prediction_layers, int) and prediction_layers > 0 else 0
     with torch.device("meta"):
         meta = Decoder(config, attn_impl)  # also refuses an attention backend the architecture cannot use
