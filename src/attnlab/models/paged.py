@@ -80,8 +80,6 @@ class PagedBatch:
     """The cache argument of ``Decoder.forward`` for the rows ``seq_ids`` of a paged cache, whose new tokens
     were given slots (``slots``, from ``PagedKVCache.append_slots``) after ``starts`` tokens each."""
 
-    static = False
-
     def __init__(self, cache: PagedKVCache, seq_ids: Sequence[Hashable], starts: Sequence[int], slots: torch.Tensor):
         self.cache = cache
         self.seq_ids = list(seq_ids)
